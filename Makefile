@@ -1,0 +1,45 @@
+# Two commands for learners: `make lab` and `make test`. Everything installs into ./.venv;
+# nothing is registered outside this folder. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.course-installed
+PORT ?= 8888
+
+.PHONY: help install lab test labs check-labs profile clean-artifacts
+
+help:
+	@echo "make lab              install if needed, then open JupyterLab on the course index (Ctrl-C twice to stop)"
+	@echo "make test             install if needed, then run the README's test command: pytest --nbval"
+	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran)"
+	@echo "make profile          wall time and peak memory of every notebook -> docs/profile.md"
+	@echo "make clean-artifacts  delete generated models in artifacts/"
+
+$(STAMP): requirements.txt requirements-lock.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; print(f"Using Python {v[0]}.{v[1]} at {sys.executable}"); sys.exit(0 if v == (3, 11) else print("warning: the course is pinned and tested on Python 3.11") or 0)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) notebooks/00_setup_check.ipynb
+
+test: install
+	$(BIN)/python -m pytest --nbval
+
+labs: install
+	$(BIN)/python tools/make_labs.py
+
+check-labs: install
+	$(BIN)/python tools/make_labs.py --check
+
+profile: install
+	$(BIN)/python tools/profile_notebooks.py --output docs/profile.md
+
+clean-artifacts:
+	rm -rf artifacts

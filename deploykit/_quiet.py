@@ -1,0 +1,57 @@
+"""Silence library log noise at its source, before the noisy libraries load.
+
+Imported first by ``deploykit/__init__.py``. Each switch names the library it quiets; a learner
+who wants the chatter back can set the variable before importing deploykit.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+
+# TensorFlow/LiteRT C++ logging (absl, glog): timestamps on stderr otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "3")
+# litert-torch draws a rich progress display while converting.
+os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+os.environ.setdefault("LITERT_TORCH_SILENCE_TORCH_LOGS", "y")
+# Offline course: never let a library try a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Python loggers that print at INFO/WARNING on import or export.
+for _name, _level in {
+    "torch.utils._pytree": logging.ERROR,  # Enum register_constant deprecation from torchao
+    "torch.onnx": logging.ERROR,  # "[torch.onnx] Obtain model graph ..." progress lines
+    "torch._export": logging.ERROR,
+    "torch.export": logging.ERROR,
+    "onnxscript": logging.ERROR,
+    "netron": logging.WARNING,  # "Serving 'x.onnx' at http://..."
+    "absl": logging.ERROR,
+}.items():
+    logging.getLogger(_name).setLevel(_level)
+
+# Deprecations the course teaches on purpose are shown in the lecture that teaches them
+# (with warnings.catch_warnings); elsewhere they would repeat in every notebook.
+warnings.filterwarnings("ignore", message=r".*register_constant\(\) on Enum subclasses.*")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send C/C++ writes to stderr (file descriptor 2) to /dev/null inside the block.
+
+    Some native libraries print with no switch to turn them off: the LiteRT interpreter prints
+    ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` the first time it is built. Python
+    exceptions still propagate; only the raw file descriptor is redirected.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -1,0 +1,55 @@
+"""Lab check functions: a passing attempt prints ``[PASS]``, a wrong one a ``[HINT]``, never a
+bare traceback. Each lab has its own module (``deploykit.checks.lab01`` ...) built on these.
+
+In solutions, the committed output is the ``[PASS]`` line, so strict ``--nbval`` fails if a
+check stops passing.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+
+class CheckFailed(Exception):
+    """Raised inside a check to report a hint for the learner."""
+
+
+def passed(what: str) -> bool:
+    print(f"[PASS] {what}")
+    return True
+
+
+def hint(what: str, message: str) -> bool:
+    print(f"[HINT] {what}: {message}")
+    return False
+
+
+def require(condition: bool, message: str) -> None:
+    """Inside a check: stop with ``message`` as the hint when ``condition`` is false."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def check(what: str) -> Callable:
+    """Decorate a check body. It passes if it returns without raising :class:`CheckFailed`.
+
+    A learner's code that is not written yet (``NotImplementedError``) or that crashes gets a
+    hint naming the error instead of a traceback.
+    """
+
+    def decorate(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def run(*args, **kwargs) -> bool:
+            try:
+                body(*args, **kwargs)
+            except CheckFailed as failure:
+                return hint(what, str(failure))
+            except NotImplementedError:
+                return hint(what, "not written yet: replace the `raise NotImplementedError` stub with your code")
+            except Exception as error:  # noqa: BLE001 - a learner's bug becomes a hint
+                return hint(what, f"your code raised {type(error).__name__}: {error}")
+            return passed(what)
+
+        return run
+
+    return decorate
