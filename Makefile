@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 PORT ?= 8888
+# Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
+LAB_ARGS ?=
 
 .PHONY: help install lab test labs check-labs profile clean-artifacts
 
@@ -27,7 +29,7 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 install: $(STAMP)
 
 lab: install
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) notebooks/00_setup_check.ipynb
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) notebooks/00_setup_check.ipynb $(LAB_ARGS)
 
 test: install
 	$(BIN)/python -m pytest --nbval

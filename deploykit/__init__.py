@@ -31,7 +31,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "graphs", "models", "netron", "parity"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "graphs", "models", "netron", "parity", "setup_check"}
 
 
 def __getattr__(name: str):

@@ -14,6 +14,9 @@ import warnings
 # TensorFlow/LiteRT C++ logging (absl, glog): timestamps on stderr otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
+# TensorFlow's oneDNN notice ("oneDNN custom operations are on ...") is printed before absl's
+# log level applies; turning the custom ops off removes it and keeps numerics repeatable.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # litert-torch draws a rich progress display while converting.
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 os.environ.setdefault("LITERT_TORCH_SILENCE_TORCH_LOGS", "y")

@@ -1,0 +1,56 @@
+"""What notebook 00 checks: every pinned package imports at its pinned version."""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .paths import repo_root
+
+# Distribution name -> module to import, where they differ.
+IMPORT_NAMES = {
+    "scikit-learn": "sklearn", "pillow": "PIL", "pyyaml": "yaml", "litert-torch": "litert_torch",
+    "ai-edge-litert": "ai_edge_litert.interpreter", "jupyter-server-proxy": "jupyter_server_proxy",
+}
+# Imported only to show they install; the kernel does not need them at run time.
+NOT_IMPORTED = {"jupyterlab", "playwright", "pytest", "nbval"}
+
+
+def pinned_requirements(path: Path | None = None) -> dict[str, str]:
+    """``{distribution: version}`` from requirements.txt."""
+    path = path or repo_root() / "requirements.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"expected the course's requirements.txt at {path}")
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def check_package(name: str, pinned: str) -> tuple[bool, str]:
+    try:
+        installed = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False, f"[FAIL] {name}: not installed (pinned {pinned}); run `make install`"
+    if installed.split("+")[0] != pinned:
+        return False, f"[FAIL] {name} {installed}: the course is pinned to {pinned}; run `make install`"
+    if name not in NOT_IMPORTED:
+        module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - report any import failure as a line
+            return False, f"[FAIL] {name} {installed}: `import {module}` failed: {type(error).__name__}: {error}"
+    return True, f"[OK]   {name} {installed.split('+')[0]}"
+
+
+def check_environment() -> list[str]:
+    """One ``[OK]``/``[FAIL]`` line for Python and for every pinned package."""
+    python_ok = sys.version_info[:2] == (3, 11)
+    lines = [f"{'[OK]  ' if python_ok else '[FAIL]'} Python {sys.version_info.major}.{sys.version_info.minor}"
+             + ("" if python_ok else " (the course is pinned and tested on 3.11)")]
+    lines += [check_package(name, version)[1] for name, version in pinned_requirements().items()]
+    return lines

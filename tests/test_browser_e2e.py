@@ -1,0 +1,415 @@
+"""The course in a real browser: `make lab`, headless Chromium, Run All Cells, look at the result.
+
+What a learner does, automated: start JupyterLab through the course's own route (`make lab`, on a
+free loopback port, with a random token and no browser of its own), open a lecture in Debian's
+Chromium (driven by Playwright; no browser is ever downloaded), run every cell from the Run menu,
+then check what a person would see:
+
+* no error output anywhere (cells tagged ``raises-exception`` may show one: they teach it);
+* an ipywidgets control renders, and moving it changes the text it prints;
+* a matplotlib figure is shown as an image;
+* the Netron view (``dk.show_netron``: an iframe served through jupyter-server-proxy at
+  ``/proxy/<port>/``) draws the model's graph.
+
+Which of these a lecture must show is read from its committed outputs; the fixture notebook in
+``tests/e2e/`` (no committed outputs) must show all three. A copy of each notebook, with its
+outputs cleared, is what runs (``notebooks/.e2e-*.ipynb``, deleted afterwards), and autosave is
+off, so no tracked file changes. Screenshots go to ``test-artifacts/browser/<notebook>/``, with
+the server log. Everything started here is stopped at the end, also on failure.
+
+Skipped (with the reason in the summary under ``pytest -rs``) when ``/usr/bin/chromium`` or the
+Playwright package is missing. ``COURSE_E2E_NOTEBOOKS=a.ipynb,b.ipynb`` picks other notebooks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+STAMP = ROOT / ".venv" / ".course-installed"
+FIXTURE = "tests/e2e/widget_plot_netron.ipynb"
+# The real lectures with these features (Netron: 04; widgets and figures: 01).
+LECTURES = ("notebooks/04_onnx_export_netron.ipynb", "notebooks/01_deployment_pipeline.ipynb")
+FEATURES = ("widget", "figure", "netron")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# JupyterLab user settings for the test profile: never write the notebook, no news pop-up.
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+}
+SERVER_START_S = 120
+RUN_ALL_S = 180
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+ERROR_MIME = "application/vnd.jupyter.error"
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    pytest.skip(f"browser test: {CHROMIUM} not found; install Debian's chromium to run it", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser test: the playwright package is not installed")
+
+
+def notebooks_under_test() -> list[str]:
+    chosen = os.environ.get("COURSE_E2E_NOTEBOOKS")
+    if chosen:
+        return [p.strip() for p in chosen.split(",") if p.strip()]
+    return [FIXTURE, *[p for p in LECTURES if (ROOT / p).exists()]]
+
+
+def expected_features(notebook: str, nb) -> set[str]:
+    """What the notebook must show: all three for the fixture, else what its committed outputs show."""
+    if notebook == FIXTURE:
+        return set(FEATURES)
+    found = set()
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                found.add("widget")
+            if "image/png" in data or "image/svg+xml" in data:
+                found.add("figure")
+            if "deploykit-netron" in str(data.get("text/html", "")):
+                found.add("netron")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def lab_command(port: int, token: str) -> list[str]:
+    """The learner's command, `make lab`, told to open no browser and to use our port and token."""
+    lab_args = " ".join([
+        "--no-browser", f"--ServerApp.token={token}",
+        "--ContentsManager.allow_hidden=True",  # the copy under test is a hidden .e2e-*.ipynb file
+        "--ServerApp.shutdown_no_activity_timeout=900",  # a server left behind stops by itself
+    ])
+    make = ["make", "--no-print-directory"]
+    if not STAMP.exists():  # installing is not this test's business: run in the environment we are in
+        make += ["-o", str(STAMP.relative_to(ROOT))]
+    return [*make, "lab", f"PORT={port}", f"LAB_ARGS={lab_args}"]
+
+
+class LabServer:
+    """`make lab` in its own process group, with a throwaway Jupyter profile (settings, workspaces)."""
+
+    def __init__(self, home: Path):
+        self.port = free_port()
+        self.token = secrets.token_hex(24)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.home = home
+        self.runtime = home / "runtime"
+        self.log_path = ARTIFACTS / "jupyterlab.log"
+        self.proc: subprocess.Popen | None = None
+        self.root_dir: Path | None = None
+
+    def start(self) -> None:
+        settings = self.home / "settings"
+        for name, values in LAB_SETTINGS.items():
+            path = settings / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values))
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        env.update(
+            JUPYTER_CONFIG_DIR=str(self.home / "config"), JUPYTER_RUNTIME_DIR=str(self.runtime),
+            JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(self.home / "workspaces"),
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(lab_command(self.port, self.token), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"`make lab` exited with code {self.proc.returncode} before serving:\n{self.log_tail()}")
+            info = self._server_info()
+            if info and self._status_ok():
+                self.root_dir = Path(info["root_dir"])
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"JupyterLab did not answer within {SERVER_START_S} s:\n{self.log_tail()}")
+
+    def _server_info(self) -> dict | None:
+        for path in self.runtime.glob("jpserver-*.json"):
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if info.get("port") == self.port:
+                return info
+        return None
+
+    def api(self, path: str, method: str = "GET", timeout: float = 10) -> object:
+        request = urllib.request.Request(f"{self.base}{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def _status_ok(self) -> bool:
+        try:
+            self.api("/api/status", timeout=2)
+            return True
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def url_path(self, path: Path) -> str:
+        """The path of a file as JupyterLab sees it (relative to the server's root folder)."""
+        return quote(path.resolve().relative_to(self.root_dir.resolve()).as_posix())
+
+    def shutdown_kernels_of(self, path: Path) -> None:
+        try:
+            rel = path.resolve().relative_to(self.root_dir.resolve()).as_posix()
+            for session in self.api("/api/sessions"):
+                if session.get("path") == rel:
+                    self.api(f"/api/sessions/{session['id']}", method="DELETE")
+        except (OSError, urllib.error.URLError, ValueError):
+            pass  # the server shutdown below ends them anyway
+
+    def log_tail(self, lines: int = 40) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:  # a clean stop also shuts down the kernels (they run in their own sessions)
+                self.api("/api/shutdown", method="POST", timeout=5)
+                self.proc.wait(timeout=20)
+            except (OSError, urllib.error.URLError, subprocess.TimeoutExpired):
+                pass
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)  # make and everything it started
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not (ROOT / "notebooks" / "00_setup_check.ipynb").exists():
+        pytest.fail("`make lab` opens notebooks/00_setup_check.ipynb, which is missing")
+    for stale in (ROOT / "notebooks").glob(".e2e-*.ipynb"):  # left by a run that was killed
+        stale.unlink()
+    server = LabServer(tmp_path_factory.mktemp("jupyter-home"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    blocked: list[str] = []
+
+    def loopback_only(route):
+        host = urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:  # nothing leaves this machine (Netron would ask a geo-IP service, for instance)
+            blocked.append(route.request.url)
+            route.abort()
+
+    playwright = sync_api.sync_playwright().start()
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900}, timeout=60_000,
+        )
+        try:
+            context.route("**/*", loopback_only)
+            context.blocked = blocked
+            yield context
+        finally:
+            context.close()
+    finally:
+        playwright.stop()
+
+
+def clean_copy(source: Path, nb) -> Path:
+    """A copy without outputs beside the original, so relative paths and the kernel's folder match."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    folder = source.parent if source.parent.resolve().is_relative_to((ROOT / "notebooks").resolve()) else ROOT / "notebooks"
+    copy = folder / f".e2e-{source.stem}-{secrets.token_hex(3)}.ipynb"
+    nbformat.write(nb, copy)
+    return copy
+
+
+def remove_copy(copy: Path) -> None:
+    copy.unlink(missing_ok=True)
+    checkpoints = copy.parent / ".ipynb_checkpoints"
+    for leftover in checkpoints.glob(f"{copy.stem}-checkpoint*"):
+        leftover.unlink()
+
+
+def run_all_cells(page, panel) -> None:
+    """Run > Run All Cells, as a learner would, then wait for the kernel to finish."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).click()
+    page.wait_for_function(
+        """(panel) => {
+            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
+            if (prompts.length === 0 || prompts.some(p => p.includes('*'))) return false;
+            const failed = panel.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
+            return Boolean(failed) || prompts.every(p => /\\[\\d+\\]/.test(p));
+        }""",
+        arg=panel.element_handle(), timeout=RUN_ALL_S * 1000, polling=500,
+    )
+
+
+def error_outputs(panel, allowed: set[int]) -> list[str]:
+    """Error outputs (or printed tracebacks) in cells not tagged raises-exception."""
+    found = panel.evaluate(
+        """(panel, mime) => [...panel.querySelectorAll('.jp-Notebook .jp-Cell')].map((cell, i) => {
+            const outputs = [...cell.querySelectorAll('.jp-OutputArea-output')];
+            const bad = outputs.filter(o => o.dataset.mimeType === mime || /Traceback \\(most recent call last\\)/.test(o.textContent));
+            return bad.length ? [i, bad.map(o => o.textContent.slice(0, 400)).join(' | ')] : null;
+        }).filter(Boolean)""",
+        ERROR_MIME,
+    )
+    return [f"cell {i}: {text}" for i, text in found if i not in allowed]
+
+
+def check_widget(page, panel, shots: Path) -> str:
+    """Find the first dropdown or slider, change it, and wait for the text it drives to change."""
+    cell = panel.locator(".jp-CodeCell").filter(has=page.locator(".widget-dropdown select, .widget-slider .noUi-handle")).first
+    cell.wait_for(state="attached", timeout=30_000)
+    cell.scroll_into_view_if_needed()
+    target = cell.locator(".widget-output") if cell.locator(".widget-output").count() else cell.locator(".jp-Cell-outputArea")
+    before = target.first.inner_text()
+    dropdowns = cell.locator(".widget-dropdown select")
+    if dropdowns.count():
+        select = dropdowns.first
+        options = select.locator("option").count()
+        assert options >= 2, "the dropdown has a single option: nothing to change"
+        current = select.evaluate("s => s.selectedIndex")
+        select.select_option(index=(current + 1) % options)
+        what = f"dropdown option {current} -> {(current + 1) % options}"
+    else:
+        handle = cell.locator(".widget-slider .noUi-handle").first
+        handle.focus()
+        for _ in range(2):
+            handle.press("ArrowRight")
+        if target.first.inner_text() == before:  # at the maximum already: go the other way
+            for _ in range(4):
+                handle.press("ArrowLeft")
+        what = "slider moved with the arrow keys"
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline and after == before:
+        time.sleep(0.3)
+        after = target.first.inner_text()
+    page.screenshot(path=str(shots / "2-widget.png"))
+    assert after != before, f"the widget's text did not change after {what}: {before!r}"
+    return f"{what}: {before.strip()[:80]!r} -> {after.strip()[:80]!r}"
+
+
+def check_figure(page, panel, shots: Path) -> str:
+    images = panel.locator(".jp-OutputArea-output img")
+    assert images.count() >= 1, "no image output (matplotlib figure) was rendered"
+    image = images.first
+    image.scroll_into_view_if_needed()
+    width = image.evaluate("img => img.complete ? img.naturalWidth : 0")
+    page.screenshot(path=str(shots / "3-figure.png"))
+    assert width > 0, "the figure's image did not load"
+    return f"{images.count()} image(s), first {width} px wide"
+
+
+def check_netron(page, panel, lab: LabServer, shots: Path) -> str:
+    iframe = panel.locator("iframe.deploykit-netron").first
+    iframe.wait_for(state="attached", timeout=30_000)
+    src = iframe.get_attribute("src")
+    assert re.fullmatch(r"/proxy/\d+/", src or ""), f"Netron iframe should go through jupyter-server-proxy, src={src!r}"
+    iframe.scroll_into_view_if_needed()
+    frame = page.frame_locator("iframe.deploykit-netron").first
+    nodes = frame.locator("svg#canvas .graph-node")
+    try:
+        nodes.first.wait_for(state="visible", timeout=60_000)
+    finally:
+        page.screenshot(path=str(shots / "4-netron.png"))
+    return f"Netron at {src} drew {nodes.count()} node(s)"
+
+
+def test_notebook_in_jupyterlab(notebook, lab, browser):
+    source = ROOT / notebook
+    nb = nbformat.read(source, as_version=4)
+    expected = expected_features(notebook, nb)
+    allowed = {i for i, cell in enumerate(nb.cells) if "raises-exception" in cell.get("metadata", {}).get("tags", [])}
+    shots = ARTIFACTS / source.stem
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):
+        old.unlink()
+    tracked_before = source.read_bytes()
+    copy = clean_copy(source, nb)
+    page = browser.new_page()
+    console = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}") if message.type == "error" else None)
+    started = time.monotonic()
+    try:
+        workspace = f"e2e-{secrets.token_hex(4)}"  # a fresh layout: only this notebook open
+        page.goto(f"{lab.base}/lab/workspaces/{workspace}/tree/{lab.url_path(copy)}?reset&token={lab.token}",
+                  wait_until="domcontentloaded", timeout=60_000)
+        panel = page.locator(".jp-NotebookPanel:visible").first
+        panel.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(state="attached", timeout=60_000)
+        page.screenshot(path=str(shots / "0-opened.png"))
+        run_all_cells(page, panel)
+        page.screenshot(path=str(shots / "1-ran-all.png"))
+        errors = error_outputs(panel, allowed)
+        assert not errors, "error output after Run All Cells:\n" + "\n".join(errors)
+        prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        assert all(re.search(r"\[\d+\]", p) for p in prompts), f"not every code cell ran: {prompts}"
+        assert expected, f"{notebook} shows no widget, figure or Netron view in its committed outputs: nothing to check"
+        report = [f"{notebook}: {len(prompts)} code cells ran in {time.monotonic() - started:.0f} s"]
+        if "widget" in expected:
+            report.append(check_widget(page, panel, shots))
+        if "figure" in expected:
+            report.append(check_figure(page, panel, shots))
+        if "netron" in expected:
+            report.append(check_netron(page, panel, lab, shots))
+        print("\n".join(report))
+    except Exception:
+        page.screenshot(path=str(shots / "failure.png"))
+        (shots / "console-errors.txt").write_text("\n".join(console))
+        raise
+    finally:
+        page.close()
+        lab.shutdown_kernels_of(copy)
+        remove_copy(copy)
+    assert source.read_bytes() == tracked_before, f"{notebook} was modified by the browser test"
+
+
+def pytest_generate_tests(metafunc):  # pragma: no cover - collection hook, see notebooks_under_test
+    if "notebook" in metafunc.fixturenames:
+        metafunc.parametrize("notebook", notebooks_under_test())

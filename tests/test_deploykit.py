@@ -1,0 +1,217 @@
+"""Unit tests of the helper package, including the errors a learner meets on bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deploykit as dk
+
+
+def test_artifact_path_is_inside_artifacts_and_created(tmp_artifacts):
+    path = dk.artifact_path("sub/model.onnx")
+    assert path.parent.is_dir() and path.is_relative_to(tmp_artifacts)
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../escape.onnx", None])
+def test_artifact_path_refuses_bad_names(tmp_artifacts, bad):
+    with pytest.raises(ValueError, match="artifact_path expected"):
+        dk.artifact_path(bad)
+
+
+def test_seed_everything_repeats_numbers():
+    dk.seed_everything(3)
+    first = (np.random.rand(), torch.rand(1).item())
+    dk.seed_everything(3)
+    assert first == (np.random.rand(), torch.rand(1).item())
+    with pytest.raises(ValueError, match="non-negative int"):
+        dk.seed_everything(-1)
+
+
+def test_digits_split_shapes_and_range():
+    split = dk.load_digits_split()
+    assert split.x_train.shape[1:] == (1, 8, 8) and split.x_train.dtype == np.float32
+    assert len(split.x_train) + len(split.x_test) == 1797
+    assert 0.0 <= split.x_test.min() and split.x_test.max() <= 1.0
+    assert sorted(np.unique(split.y_test)) == list(range(10))
+    with pytest.raises(ValueError, match="fraction"):
+        dk.load_digits_split(test_size=2)
+
+
+def test_digits_model_trains_deterministically_and_caches(tmp_artifacts):
+    first = dk.train_digits_model()
+    assert not first.from_cache and first.test_accuracy > 0.95 and len(first.losses) == 15
+    second = dk.train_digits_model()
+    assert second.from_cache and second.test_accuracy == first.test_accuracy
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown training option"):
+        dk.train_digits_model(epoch=3)
+
+
+def test_example_input_validates_batch():
+    assert dk.digits_example_input(4).shape == (4, 1, 8, 8)
+    with pytest.raises(ValueError, match="positive int"):
+        dk.digits_example_input(0)
+
+
+def test_torchvision_model_without_weights_and_unknown_name():
+    model = dk.torchvision_model("resnet18")
+    assert not model.training and dk.count_parameters(model) == 11_689_512
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet19'.*resnet18"):
+        dk.torchvision_model("resnet19")
+
+
+def test_sample_image_and_preprocessing():
+    image = dk.load_sample_image()
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    batch = dk.preprocess_imagenet(image)
+    assert batch.shape == (1, 3, 224, 224) and batch.dtype == np.float32
+    assert abs(float(batch.mean())) < 2.0
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        dk.preprocess_imagenet(image[..., 0])
+    with pytest.raises(ValueError, match="dtype uint8"):
+        dk.preprocess_imagenet(image.astype(np.float32))
+
+
+def test_benchmark_counts_warmup_and_repeats():
+    calls = []
+    result = dk.benchmark(lambda: calls.append(1), warmup=3, repeats=7, threads=1, batch=2, label="noop")
+    assert len(calls) == 10 and result.repeats == 7 and result.warmup == 3
+    assert 0 <= result.min_ms <= result.median_ms <= result.p90_ms
+    assert "batch 2, 1 thread(s)" in str(result)
+    with pytest.raises(TypeError, match="callable"):
+        dk.benchmark(42)
+    with pytest.raises(ValueError, match="repeats"):
+        dk.benchmark(lambda: None, repeats=0)
+
+
+def test_percentile_interpolates():
+    assert dk.percentile([1, 2, 3, 4, 5], 50) == 3
+    assert dk.percentile([0, 10], 90) == pytest.approx(9)
+    with pytest.raises(ValueError):
+        dk.percentile([], 50)
+
+
+def test_machine_info_names_cpu_and_threads():
+    info = dk.machine_info()
+    assert info["logical_cores"] >= 1 and info["cpu"] and info["torch_threads"] >= 1
+
+
+def test_parity_report_numbers_and_errors():
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], dtype=np.float32)
+    cand = ref + np.array([[0, 0, 1e-6], [0, 5.0, 0]], dtype=np.float32)
+    report = dk.parity_report(torch.from_numpy(ref), cand)
+    assert report.max_abs_diff == pytest.approx(5.0) and report.top1_agreement == 0.5
+    assert not report.allclose
+    assert dk.parity_report(ref, ref).allclose
+    with pytest.raises(ValueError, match=r"shape \(3,\) does not match reference shape \(2, 3\)"):
+        dk.parity_report(ref, ref[0])
+    with pytest.raises(ValueError, match="outputs\\[0\\]"):
+        dk.parity_report(ref, [ref])
+    with pytest.raises(ValueError, match="numeric"):
+        dk.parity_report(ref.astype(str), ref)
+
+
+@pytest.fixture(scope="module")
+def digits_onnx_file(tmp_path_factory):
+    import os
+
+    os.environ["DEPLOYKIT_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
+    try:
+        yield dk.digits_onnx()
+    finally:
+        del os.environ["DEPLOYKIT_ARTIFACTS"]
+
+
+def test_digits_onnx_graph_and_drawing(digits_onnx_file):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    graph = dk.load_graph(digits_onnx_file)
+    assert graph.inputs == ["input"] and graph.outputs == ["logits"]
+    assert graph.op_counts()["Conv"] == 2 and graph.depth() == len(graph.nodes)  # a chain
+    fig = dk.draw_graph(graph)
+    labels = [t.get_text() for t in fig.axes[0].texts if t.get_text()]
+    assert sorted(labels) == sorted(node.op for node in graph.nodes)
+
+
+def test_load_graph_errors_name_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        dk.load_graph(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match=r"ending in \.onnx or \.tflite"):
+        dk.load_graph(tmp_path / "model.pt")
+    with pytest.raises(TypeError, match="deploykit Graph"):
+        dk.draw_graph("model.onnx")
+
+
+def test_show_netron_serves_the_model_and_draws_a_fallback(digits_onnx_file, monkeypatch):
+    import urllib.request
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    graph = dk.show_netron(digits_onnx_file)
+    html = shown[0].data
+    assert 'src="/proxy/' in html and "Open digits_cnn.onnx in Netron" in html
+    assert shown[1].__class__.__name__ == "Figure" and len(graph.nodes) > 0
+    port = dk.netron.serve(digits_onnx_file)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+        assert response.status == 200 and b"netron" in response.read().lower()
+    assert dk.netron.netron_url(digits_onnx_file, "direct") == f"http://127.0.0.1:{port}/"
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert dk.netron.netron_url(digits_onnx_file) == f"/user/ada/proxy/{port}/"
+    with pytest.raises(ValueError, match="mode expected one of"):
+        dk.show_netron(digits_onnx_file, mode="browser")
+    with pytest.raises(ValueError, match="ending in"):
+        dk.show_netron("model.pth")
+
+
+def test_export_onnx_validates_name_and_example(tmp_artifacts):
+    with pytest.raises(ValueError, match="ending in .onnx"):
+        dk.export_onnx(dk.DigitsCNN(), torch.zeros(1, 1, 8, 8), "model.tflite")
+    with pytest.raises(ValueError, match="example batch tensor"):
+        dk.export_onnx(dk.DigitsCNN(), torch.zeros(8), "model.onnx")
+
+
+def test_checks_print_pass_or_hint_never_raise(capsys):
+    from deploykit.checks import check, require
+
+    @check("answer is 42")
+    def check_answer(value):
+        require(value == 42, f"got {value}; count again")
+
+    @check("learner code")
+    def check_stub():
+        raise NotImplementedError
+
+    assert check_answer(42) is True
+    assert check_answer(41) is False
+    assert check_stub() is False
+    out = capsys.readouterr().out
+    assert "[PASS] answer is 42" in out and "[HINT] answer is 42: got 41; count again" in out
+    assert "not written yet" in out
+
+
+def test_native_stderr_silenced_restores_fd():
+    import os
+
+    with dk.native_stderr_silenced():
+        os.write(2, b"this goes nowhere\n")
+    assert os.write(2, b"") == 0
+
+
+def test_unknown_attribute_is_a_clear_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dk.nope
+
+
+def test_setup_check_reports_ok_for_this_environment():
+    lines = dk.setup_check.check_environment()
+    assert lines and not [line for line in lines if line.startswith("[FAIL]")], lines
+
+
+def test_setup_check_fails_clearly_on_a_wrong_pin_or_missing_package():
+    ok, line = dk.setup_check.check_package("numpy", "0.0.1")
+    assert not ok and line.startswith("[FAIL] numpy") and "pinned to 0.0.1" in line
+    ok, line = dk.setup_check.check_package("no-such-package-xyz", "1.0")
+    assert not ok and "not installed" in line

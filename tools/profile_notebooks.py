@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Wall time and peak memory of every lecture and solution notebook, and of the whole set.
+
+Each notebook runs in a fresh kernel in its own folder, as under ``pytest --nbval``; nothing is
+written back to the notebook. Peak memory is the kernel's peak resident set (``VmHWM``) plus the
+largest resident set seen among processes it started. Writes a Markdown table (``--output``) and
+prints it.
+
+    .venv/bin/python tools/profile_notebooks.py --output docs/profile.md
+    .venv/bin/python tools/profile_notebooks.py notebooks/06_*.ipynb     # just some
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from deploykit.bench import machine_info  # noqa: E402
+
+BUDGET_SECONDS, BUDGET_MB = 60.0, 2048.0
+
+
+def _hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class ChildWatcher(threading.Thread):
+    """Polls the resident memory of the kernel's child processes (subprocess benchmarks)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_mb, self.kernel_mb, self.stop = pid, 0.0, 0.0, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            try:
+                kernel = psutil.Process(self.pid)
+                self.kernel_mb = max(self.kernel_mb, _hwm_mb(self.pid) or kernel.memory_info().rss / 2**20)
+                for child in kernel.children(recursive=True):
+                    self.peak_mb = max(self.peak_mb, child.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+
+
+def profile(path: Path, timeout: int) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    status = "ok"
+    watcher = None
+    try:
+        with client.setup_kernel():
+            watcher = ChildWatcher(client.km.provisioner.process.pid)
+            watcher.start()
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+            watcher.kernel_mb = max(watcher.kernel_mb, _hwm_mb(watcher.pid))
+    except Exception as error:  # noqa: BLE001 - a failing notebook is reported, not fatal
+        status = f"error: {type(error).__name__}"
+    finally:
+        if watcher:
+            watcher.stop.set()
+    seconds = time.perf_counter() - start
+    peak = (watcher.kernel_mb + watcher.peak_mb) if watcher else 0.0
+    return {"notebook": path.relative_to(ROOT).as_posix(), "seconds": seconds, "peak_mb": peak, "status": status}
+
+
+def table(rows: list[dict], wall: float) -> str:
+    info = machine_info()
+    lines = [
+        "# Notebook profile",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `make profile` (`tools/profile_notebooks.py`) on "
+        f"{info['cpu']}, {info['logical_cores']} logical cores, Python {info['python']}, torch {info.get('torch')}, "
+        f"onnxruntime {info.get('onnxruntime')}. Budget per notebook: {BUDGET_SECONDS:.0f} s and {BUDGET_MB / 1024:.0f} GB "
+        "peak; each runs in a fresh kernel with a warm `artifacts/` cache, as in a second `make test`.",
+        "",
+        "| notebook | wall time (s) | peak memory (MB) | within budget |",
+        "|---|---:|---:|:---:|",
+    ]
+    for row in rows:
+        ok = row["status"] == "ok" and row["seconds"] <= BUDGET_SECONDS and row["peak_mb"] <= BUDGET_MB
+        flag = "yes" if ok else ("no" if row["status"] == "ok" else row["status"])
+        lines.append(f"| `{row['notebook']}` | {row['seconds']:.1f} | {row['peak_mb']:.0f} | {flag} |")
+    lines.append(f"| **total ({len(rows)} notebooks)** | **{sum(r['seconds'] for r in rows):.1f}** | "
+                 f"**max {max((r['peak_mb'] for r in rows), default=0):.0f}** | |")
+    lines += ["", f"Whole run, kernel start-ups included: {wall:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb and solutions/*.ipynb")
+    parser.add_argument("--output", type=Path, help="write the Markdown table here")
+    parser.add_argument("--timeout", type=int, default=600)
+    args = parser.parse_args(argv)
+    paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
+    began = time.perf_counter()
+    rows = []
+    for path in paths:
+        row = profile(path, args.timeout)
+        print(f"{row['notebook']}: {row['seconds']:.1f} s, {row['peak_mb']:.0f} MB, {row['status']}", flush=True)
+        rows.append(row)
+    text = table(rows, time.perf_counter() - began)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
