@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from . import _quiet  # noqa: F401  (must run before torch / litert_torch are imported)
+from . import _offline  # noqa: F401  (under the tests: refuse non-loopback connections)
 from ._quiet import native_stderr_silenced
 from .paths import artifact_path, artifacts_dir, repo_root
 from .seeding import seed_everything

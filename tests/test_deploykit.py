@@ -215,3 +215,21 @@ def test_setup_check_fails_clearly_on_a_wrong_pin_or_missing_package():
     assert not ok and line.startswith("[FAIL] numpy") and "pinned to 0.0.1" in line
     ok, line = dk.setup_check.check_package("no-such-package-xyz", "1.0")
     assert not ok and "not installed" in line
+
+
+def test_network_guard_blocks_remote_and_allows_loopback():
+    import socket
+    import threading
+
+    from deploykit import _offline
+
+    assert _offline.ACTIVE, "tests/conftest.py sets DEPLOYKIT_BLOCK_NETWORK=1 before deploykit is imported"
+    with socket.socket() as sock, pytest.raises(_offline.NetworkBlocked, match="must run offline"):
+        sock.connect(("93.184.216.34", 80))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    with socket.socket() as sock:
+        sock.connect(server.getsockname())
+    server.close()
