@@ -229,7 +229,9 @@ def test_network_guard_blocks_remote_and_allows_loopback():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
-    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    accepter = threading.Thread(target=lambda: server.accept()[0].close(), daemon=True)
+    accepter.start()
     with socket.socket() as sock:
         sock.connect(server.getsockname())
+    accepter.join(timeout=10)
     server.close()
