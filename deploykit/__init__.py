@@ -32,7 +32,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "graphs", "models", "netron", "parity", "setup_check"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "graphs", "litert", "models", "netron", "parity", "pitfalls", "quantize", "setup_check"}
 
 
 def __getattr__(name: str):

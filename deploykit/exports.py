@@ -30,7 +30,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, name: str, *, dyn
     path = artifact_path(name)
     if path.exists() and not overwrite:
         return path
-    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
+    # A tuple, one entry per positional input, so it works whatever forward() names its argument.
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     model.eval()
     torch.onnx.export(
         model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -120,7 +120,8 @@ def quantize_tflite(float_path, kind: str, name: str, *, calibration: np.ndarray
             samples = [{input_name: np.asarray(row[None], dtype=np.float32)} for row in calibration]
             calibration_result = q.calibrate({signature: samples}, num_threads=1)
             result = q.quantize(calibration_result, enable_progress_bar=False, enable_progress_report=False)
-        result.export_model(str(path), overwrite=True)
+        path.unlink(missing_ok=True)  # export_model(overwrite=True) would log a WARNING on the root logger
+        result.export_model(str(path))
     return path
 
 
@@ -194,14 +195,20 @@ def run_tflite(interpreter, x) -> np.ndarray:
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"run_tflite expected a numpy float32 array, got {type(x).__name__}")
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"run_tflite expected a model with one input and one output, got {len(inputs)} and {len(outputs)}")
-    inp, out = inputs[0], outputs[0]
+    io_details = getattr(interpreter, "_deploykit_io", None)
+    if io_details is None:  # get_*_details builds fresh dicts on every call: read them once per interpreter
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"run_tflite expected a model with one input and one output, got {len(inputs)} and {len(outputs)}")
+        io_details = (inputs[0], outputs[0], tuple(int(d) for d in inputs[0]["shape"]))
+        try:
+            interpreter._deploykit_io = io_details
+        except AttributeError:
+            pass
+    inp, out, expected = io_details
     if x.dtype != np.float32:
         raise ValueError(f"input dtype {x.dtype} does not match: expected float32 (convert with x.astype(np.float32))")
-    expected = tuple(int(d) for d in inp["shape"])
-    if tuple(x.shape) == expected:
+    if x.shape == expected:
         rows = [x]
     elif expected and expected[0] == 1 and x.ndim == len(expected) and tuple(x.shape[1:]) == expected[1:]:
         rows = [x[i : i + 1] for i in range(len(x))]

@@ -14,6 +14,7 @@ notebook, or a viewer without JavaScript, still shows the graph.
 from __future__ import annotations
 
 import html
+import logging
 import os
 from pathlib import Path
 
@@ -43,7 +44,15 @@ def serve(path) -> int:
 
     key = str(Path(path).resolve())
     if key not in _servers:
-        _servers[key] = netron.serve(key, address=("127.0.0.1", 0), browse=False)
+        # netron.serve calls logging.basicConfig(level=INFO) when the root logger has no handler,
+        # which would print every library's INFO log for the rest of the session: undo that.
+        root = logging.getLogger()
+        level, handlers = root.level, root.handlers[:]
+        try:
+            _servers[key] = netron.serve(key, address=("127.0.0.1", 0), browse=False)
+        finally:
+            root.setLevel(level)
+            root.handlers[:] = handlers
     return int(_servers[key][1])
 
 

@@ -280,7 +280,7 @@ LAB02: dict[str, Pitfall] = {
                 "`x.shape[0]` passed straight to `reshape` is recorded as a size operation: this one traces "
                 "correctly.", warns=False),
         Pitfall("E", "Model E", RunningProduct, "shape",
-                lambda: (torch.full((2, 3), 2.0),), lambda: (torch.full((4, 3), 2.0),),
+                lambda: (torch.full((2, 4), 2.0),), lambda: (torch.full((4, 4), 2.0),),
                 _batch_random,
                 "`range(1, x.shape[0])` was unrolled for the traced batch size; the output keeps that "
                 "many rows, silently.", warns=False),

@@ -67,28 +67,39 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser test: the playwright package is not installed")
 
 
+def expected_features(nb) -> set[str]:
+    """What the notebook must show: what its committed outputs show or, if it has none (the fixture,
+    or a lecture being re-executed), what its code asks for."""
+    found = set()
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    outputs = [output for cell in code for output in cell.get("outputs", [])]
+    for output in outputs:
+        data = output.get("data", {})
+        if WIDGET_MIME in data:
+            found.add("widget")
+        if "image/png" in data or "image/svg+xml" in data:
+            found.add("figure")
+        if "deploykit-netron" in str(data.get("text/html", "")):
+            found.add("netron")
+    if not outputs:
+        source = "\n".join(cell.source for cell in code)
+        if re.search(r"\binteract(ive)?\(", source):
+            found.add("widget")
+        if "plt.show()" in source:
+            found.add("figure")
+        if re.search(r"show_netron\((?![^)]*static)", source):
+            found.add("netron")
+    return found
+
+
 def notebooks_under_test() -> list[str]:
+    """The real lectures when, together, they show all three features; otherwise the fixture too."""
     chosen = os.environ.get("COURSE_E2E_NOTEBOOKS")
     if chosen:
         return [p.strip() for p in chosen.split(",") if p.strip()]
-    return [FIXTURE, *[p for p in LECTURES if (ROOT / p).exists()]]
-
-
-def expected_features(notebook: str, nb) -> set[str]:
-    """What the notebook must show: all three for the fixture, else what its committed outputs show."""
-    if notebook == FIXTURE:
-        return set(FEATURES)
-    found = set()
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            data = output.get("data", {})
-            if WIDGET_MIME in data:
-                found.add("widget")
-            if "image/png" in data or "image/svg+xml" in data:
-                found.add("figure")
-            if "deploykit-netron" in str(data.get("text/html", "")):
-                found.add("netron")
-    return found
+    lectures = [p for p in LECTURES if (ROOT / p).exists()]
+    shown = set().union(*(expected_features(nbformat.read(ROOT / p, as_version=4)) for p in lectures))
+    return lectures if shown >= set(FEATURES) else [FIXTURE, *lectures]
 
 
 def free_port() -> int:
@@ -99,8 +110,11 @@ def free_port() -> int:
 
 def lab_command(port: int, token: str) -> list[str]:
     """The learner's command, `make lab`, told to open no browser and to use our port and token."""
+    if not (ROOT / "notebooks" / "00_setup_check.ipynb").exists():
+        pytest.fail("`make lab` opens notebooks/00_setup_check.ipynb, which is missing")
     lab_args = " ".join([
-        "--no-browser", f"--ServerApp.token={token}",
+        "--no-browser", f"--IdentityProvider.token={token}",
+        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
         "--ContentsManager.allow_hidden=True",  # the copy under test is a hidden .e2e-*.ipynb file
         "--ServerApp.shutdown_no_activity_timeout=900",  # a server left behind stops by itself
     ])
@@ -213,8 +227,6 @@ class LabServer:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if not (ROOT / "notebooks" / "00_setup_check.ipynb").exists():
-        pytest.fail("`make lab` opens notebooks/00_setup_check.ipynb, which is missing")
     for stale in (ROOT / "notebooks").glob(".e2e-*.ipynb"):  # left by a run that was killed
         stale.unlink()
     server = LabServer(tmp_path_factory.mktemp("jupyter-home"))
@@ -266,26 +278,61 @@ def clean_copy(source: Path, nb) -> Path:
     return copy
 
 
-def remove_copy(copy: Path) -> None:
+def remove_copy(copy: Path, checkpoints_existed: bool) -> None:
+    """Delete the copy and the checkpoint JupyterLab made of it (and its folder, if we caused it)."""
     copy.unlink(missing_ok=True)
     checkpoints = copy.parent / ".ipynb_checkpoints"
     for leftover in checkpoints.glob(f"{copy.stem}-checkpoint*"):
         leftover.unlink()
+    if not checkpoints_existed and checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+
+KERNEL_IDLE_JS = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => /\\|\\s*Idle\\b/.test(e.textContent))"
+RUN_STATE_JS = """(panel) => {
+    const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
+    const failed = Boolean(panel.querySelector('.jp-OutputArea [data-mime-type="application/vnd.jupyter.error"]'));
+    return {prompts, failed, dialog: document.querySelector('.jp-Dialog')?.innerText || null};
+}"""
+
+
+def wait_until(what: str, seconds: float, probe, interval: float = 0.5):
+    """Poll ``probe()`` until it returns something truthy; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_kernel(page) -> None:
+    """The notebook's kernel is connected and idle (the status bar reads "Python 3 (ipykernel) | Idle")."""
+    wait_until("the kernel to start (status bar: '| Idle')", 90, lambda: page.evaluate(KERNEL_IDLE_JS))
 
 
 def run_all_cells(page, panel) -> None:
     """Run > Run All Cells, as a learner would, then wait for the kernel to finish."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).click()
-    page.wait_for_function(
-        """(panel) => {
-            const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
-            if (prompts.length === 0 || prompts.some(p => p.includes('*'))) return false;
-            const failed = panel.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
-            return Boolean(failed) || prompts.every(p => /\\[\\d+\\]/.test(p));
-        }""",
-        arg=panel.element_handle(), timeout=RUN_ALL_S * 1000, polling=500,
-    )
+    handle = panel.element_handle()
+
+    def finished():
+        state = page.evaluate(RUN_STATE_JS, handle)
+        assert not state["dialog"], f"JupyterLab opened a dialog while running: {state['dialog']!r}"
+        prompts = state["prompts"]
+        if not prompts or any("*" in p for p in prompts):
+            return False
+        return state["failed"] or all(re.search(r"\[\d+\]", p) for p in prompts)
+
+    try:
+        wait_until("Run All Cells to finish", RUN_ALL_S, finished)
+    except AssertionError as error:
+        state = page.evaluate(RUN_STATE_JS, handle)
+        errors = "\n".join(error_outputs(panel, set()))
+        raise AssertionError(f"{error}; input prompts: {' '.join(state['prompts'])}\n{errors}") from None
 
 
 def error_outputs(panel, allowed: set[int]) -> list[str]:
@@ -293,7 +340,8 @@ def error_outputs(panel, allowed: set[int]) -> list[str]:
     found = panel.evaluate(
         """(panel, mime) => [...panel.querySelectorAll('.jp-Notebook .jp-Cell')].map((cell, i) => {
             const outputs = [...cell.querySelectorAll('.jp-OutputArea-output')];
-            const bad = outputs.filter(o => o.dataset.mimeType === mime || /Traceback \\(most recent call last\\)/.test(o.textContent));
+            const bad = outputs.filter(o => o.matches(`[data-mime-type="${mime}"]`) || o.querySelector(`[data-mime-type="${mime}"]`)
+                                            || /Traceback \\(most recent call last\\)/.test(o.textContent));
             return bad.length ? [i, bad.map(o => o.textContent.slice(0, 400)).join(' | ')] : null;
         }).filter(Boolean)""",
         ERROR_MIME,
@@ -307,7 +355,7 @@ def check_widget(page, panel, shots: Path) -> str:
     cell.wait_for(state="attached", timeout=30_000)
     cell.scroll_into_view_if_needed()
     target = cell.locator(".widget-output") if cell.locator(".widget-output").count() else cell.locator(".jp-Cell-outputArea")
-    before = target.first.inner_text()
+    before = target.first.text_content()
     dropdowns = cell.locator(".widget-dropdown select")
     if dropdowns.count():
         select = dropdowns.first
@@ -321,7 +369,7 @@ def check_widget(page, panel, shots: Path) -> str:
         handle.focus()
         for _ in range(2):
             handle.press("ArrowRight")
-        if target.first.inner_text() == before:  # at the maximum already: go the other way
+        if target.first.text_content() == before:  # at the maximum already: go the other way
             for _ in range(4):
                 handle.press("ArrowLeft")
         what = "slider moved with the arrow keys"
@@ -329,7 +377,7 @@ def check_widget(page, panel, shots: Path) -> str:
     after = before
     while time.monotonic() < deadline and after == before:
         time.sleep(0.3)
-        after = target.first.inner_text()
+        after = target.first.text_content()
     page.screenshot(path=str(shots / "2-widget.png"))
     assert after != before, f"the widget's text did not change after {what}: {before!r}"
     return f"{what}: {before.strip()[:80]!r} -> {after.strip()[:80]!r}"
@@ -354,17 +402,27 @@ def check_netron(page, panel, lab: LabServer, shots: Path) -> str:
     iframe.scroll_into_view_if_needed()
     frame = page.frame_locator("iframe.deploykit-netron").first
     nodes = frame.locator("svg#canvas .graph-node")
+    message = frame.locator("#message-button")
+    consent = ""
     try:
+        # Offline (or in the EU), Netron first asks to accept its cookie notice: click it, as a person would.
+        nodes.first.or_(message).first.wait_for(state="visible", timeout=60_000)
+        if not nodes.count() and message.is_visible():
+            text = frame.locator("#message-text").inner_text()
+            page.screenshot(path=str(shots / "4-netron-message.png"))
+            assert "cookies" in text, f"Netron shows a message instead of the graph: {text!r}"
+            message.click()
+            consent = " (after accepting Netron's cookie notice)"
         nodes.first.wait_for(state="visible", timeout=60_000)
     finally:
         page.screenshot(path=str(shots / "4-netron.png"))
-    return f"Netron at {src} drew {nodes.count()} node(s)"
+    return f"Netron at {src} drew {nodes.count()} node(s){consent}"
 
 
 def test_notebook_in_jupyterlab(notebook, lab, browser):
     source = ROOT / notebook
     nb = nbformat.read(source, as_version=4)
-    expected = expected_features(notebook, nb)
+    expected = expected_features(nb)
     allowed = {i for i, cell in enumerate(nb.cells) if "raises-exception" in cell.get("metadata", {}).get("tags", [])}
     shots = ARTIFACTS / source.stem
     shots.mkdir(parents=True, exist_ok=True)
@@ -372,6 +430,7 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
         old.unlink()
     tracked_before = source.read_bytes()
     copy = clean_copy(source, nb)
+    checkpoints_existed = (copy.parent / ".ipynb_checkpoints").exists()
     page = browser.new_page()
     console = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}") if message.type == "error" else None)
@@ -382,13 +441,13 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
                   wait_until="domcontentloaded", timeout=60_000)
         panel = page.locator(".jp-NotebookPanel:visible").first
         panel.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(state="attached", timeout=60_000)
+        wait_for_kernel(page)
         page.screenshot(path=str(shots / "0-opened.png"))
         run_all_cells(page, panel)
         page.screenshot(path=str(shots / "1-ran-all.png"))
         errors = error_outputs(panel, allowed)
         assert not errors, "error output after Run All Cells:\n" + "\n".join(errors)
-        prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        prompts = page.evaluate(RUN_STATE_JS, panel.element_handle())["prompts"]  # textContent: off-screen cells too
         assert all(re.search(r"\[\d+\]", p) for p in prompts), f"not every code cell ran: {prompts}"
         assert expected, f"{notebook} shows no widget, figure or Netron view in its committed outputs: nothing to check"
         report = [f"{notebook}: {len(prompts)} code cells ran in {time.monotonic() - started:.0f} s"]
@@ -406,7 +465,7 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
     finally:
         page.close()
         lab.shutdown_kernels_of(copy)
-        remove_copy(copy)
+        remove_copy(copy, checkpoints_existed)
     assert source.read_bytes() == tracked_before, f"{notebook} was modified by the browser test"
 
 

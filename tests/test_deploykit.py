@@ -235,3 +235,17 @@ def test_network_guard_blocks_remote_and_allows_loopback():
         sock.connect(server.getsockname())
     accepter.join(timeout=10)
     server.close()
+
+
+def test_export_onnx_works_whatever_forward_calls_its_argument(tmp_artifacts):
+    import onnxruntime as ort
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))  # forward(input)
+    path = dk.export_onnx(model, torch.zeros(2, 1, 8, 8), "sequential.onnx")
+    session = ort.InferenceSession(path)
+    assert session.run(None, {"input": np.zeros((5, 1, 8, 8), np.float32)})[0].shape == (5, 3)
+
+
+def test_submodules_are_attributes():
+    for name in ("quantize", "litert", "pitfalls", "netron", "checks"):
+        assert getattr(dk, name).__name__ == f"deploykit.{name}"

@@ -1,0 +1,181 @@
+"""Checks for lab 05: quantise the digits model to meet a size budget within an accuracy bound.
+
+The budget: the file shipped in the app must be smaller than ``SIZE_BUDGET_KB`` and lose at most
+``MAX_DROP_POINTS`` accuracy points against the float32 model on the digits test split.
+Sizes and accuracies are measured here, by the check, not taken from the learner.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import CheckFailed, check, require
+
+SIZE_BUDGET_KB = 60.0
+MAX_DROP_POINTS = 1.0
+MODEL_SUFFIXES = (".onnx", ".ort")
+DYNAMIC_OPS = {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+STATIC_OPS = {"QuantizeLinear", "QLinearConv", "QGemm", "QLinearMatMul"}
+
+
+@lru_cache(maxsize=1)
+def _split():
+    from ..data import load_digits_split
+
+    return load_digits_split()
+
+
+def _accuracy(path: Path) -> float:
+    from ..quantize import onnx_accuracy
+
+    split = _split()
+    return onnx_accuracy(path, split.x_test, split.y_test, threads=1)
+
+
+@lru_cache(maxsize=1)
+def fp32_accuracy() -> float:
+    """Accuracy of the course's float32 digits model (the reference for the drop)."""
+    from ..exports import digits_onnx
+
+    return _accuracy(digits_onnx())
+
+
+def _model_file(path, suffixes=MODEL_SUFFIXES) -> Path:
+    require(isinstance(path, (str, Path)), f"expected a path to a model file, got {type(path).__name__}")
+    path = Path(path)
+    require(path.suffix in suffixes,
+            f"wrong file type {path.suffix or '(no suffix)'!r}: expected an ONNX Runtime model ending in "
+            f"{' or '.join(suffixes)} (a .tflite is LiteRT's, a .pth is PyTorch's)")
+    require(path.is_file(), f"{path.name} does not exist yet: run your quantisation cell first")
+    return path
+
+
+def _onnx_ops(path: Path) -> set[str]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise CheckFailed(f"{path.name} is not a readable ONNX file ({type(error).__name__}): pass the .onnx you wrote") from None
+    return {node.op_type for node in model.graph.node}
+
+
+@check("measurement helpers: size_kb and accuracy_of")
+def check_helpers(size_kb, accuracy_of) -> None:
+    """``size_kb(path)`` in KB (1024 bytes) and ``accuracy_of(path)`` on the digits test split."""
+    from ..exports import digits_onnx
+
+    require(callable(size_kb) and callable(accuracy_of), "pass the two functions themselves: check_helpers(size_kb, accuracy_of)")
+    path = digits_onnx()
+    expected_kb = path.stat().st_size / 1024
+    got_kb = size_kb(path)
+    require(isinstance(got_kb, (int, float)) and not isinstance(got_kb, bool),
+            f"size_kb should return a number, got {type(got_kb).__name__}")
+    require(not math.isclose(got_kb, path.stat().st_size, rel_tol=1e-6),
+            "size_kb returned bytes: divide by 1024 for kilobytes")
+    require(math.isclose(got_kb, expected_kb, rel_tol=1e-3),
+            f"size_kb gave {got_kb:.1f} for a {expected_kb:.1f} KB file: use path.stat().st_size / 1024")
+    got_acc = accuracy_of(path)
+    require(isinstance(got_acc, (float, np.floating)), f"accuracy_of should return a float, got {type(got_acc).__name__}")
+    require(0.0 <= got_acc <= 1.0, f"accuracy_of gave {got_acc}: return a fraction between 0 and 1, not a percentage")
+    require(math.isclose(got_acc, fp32_accuracy(), abs_tol=1e-9),
+            f"accuracy_of gave {got_acc:.4f} for the fp32 model, expected {fp32_accuracy():.4f}: score all "
+            "split.x_test against split.y_test with argmax over the 10 logits")
+
+
+@check("int8 quantised model")
+def check_quantized(path, kind: str) -> None:
+    """``path`` is an int8 model of the given ``kind`` ("dynamic" or "static"), smaller than fp32."""
+    from ..exports import digits_onnx
+
+    require(kind in ("dynamic", "static"), f"kind should be 'dynamic' or 'static', got {kind!r}")
+    path = _model_file(path, (".onnx",))
+    ops = _onnx_ops(path)
+    if kind == "dynamic":
+        require(ops & DYNAMIC_OPS,
+                f"{path.name} has no dynamic int8 operators ({sorted(DYNAMIC_OPS)}): use quantize_dynamic"
+                + ("; it looks statically quantised (QuantizeLinear)" if ops & STATIC_OPS else ""))
+    else:
+        require(ops & STATIC_OPS,
+                f"{path.name} has no QuantizeLinear/QLinear operators: use quantize_static with a CalibrationDataReader"
+                + ("; it looks dynamically quantised" if ops & DYNAMIC_OPS else ""))
+        require(not ops & {"DynamicQuantizeLinear"}, "a static model should not quantise activations at run time")
+    fp32_kb = digits_onnx().stat().st_size / 1024
+    kb = path.stat().st_size / 1024
+    require(kb < 0.5 * fp32_kb, f"{path.name} is {kb:.1f} KB, not much smaller than fp32 ({fp32_kb:.1f} KB): "
+            "were the weights quantised (weight_type=QuantType.QInt8)?")
+    accuracy = _accuracy(path)
+    require(accuracy >= 0.9, f"{path.name} scores only {accuracy:.3f}: check the calibration data "
+            "(digits train images, float32, NCHW, scaled to [0, 1])")
+
+
+@check("single-thread latency table")
+def check_latency(results: dict) -> None:
+    """``results``: label -> ``dk.benchmark`` result for "fp32", "dynamic" and "static", 1 thread, batch 1."""
+    from ..bench import BenchResult
+
+    require(isinstance(results, dict), f"expected a dict label -> BenchResult, got {type(results).__name__}")
+    missing = {"fp32", "dynamic", "static"} - set(results)
+    require(not missing, f"missing entries {sorted(missing)}: measure all three models")
+    for label, result in results.items():
+        require(isinstance(result, BenchResult), f"results[{label!r}] should be what dk.benchmark returns, got {type(result).__name__}")
+        require(result.threads == 1, f"results[{label!r}] records threads={result.threads}: set intra_op_num_threads=1 "
+                "and pass threads=1 to dk.benchmark (a phone-like single core)")
+        require(result.batch == 1, f"results[{label!r}] records batch={result.batch}: time one frame (batch=1)")
+        require(result.warmup >= 5, f"results[{label!r}] used {result.warmup} warm-up calls: use at least 5")
+        require(result.repeats >= 50, f"results[{label!r}] has {result.repeats} timed runs: use at least 50 for a stable median")
+        require(result.median_ms > 0, f"results[{label!r}] has a non-positive median")
+
+
+@check("budget met: size and accuracy")
+def check_budget(path) -> None:
+    """The file to ship: below ``SIZE_BUDGET_KB`` and within ``MAX_DROP_POINTS`` of fp32 accuracy."""
+    path = _model_file(path)
+    kb = path.stat().st_size / 1024
+    require(kb < SIZE_BUDGET_KB, f"{path.name} is {kb:.1f} KB, over the {SIZE_BUDGET_KB:.0f} KB budget: quantise the "
+            "weights to int8 (a quarter of float32's bytes)")
+    accuracy = _accuracy(path)
+    drop = 100 * (fp32_accuracy() - accuracy)
+    require(drop <= MAX_DROP_POINTS, f"accuracy {accuracy:.4f} is {drop:.2f} points below fp32 ({fp32_accuracy():.4f}), "
+            f"more than the {MAX_DROP_POINTS:g} allowed: calibrate on representative data (the train images), "
+            "try per_channel=True, or keep a sensitive layer in float with nodes_to_exclude")
+
+
+@check("choice: the fastest model within budget")
+def check_choice(choice: str, results: dict) -> None:
+    """``choice`` ("fp32", "dynamic" or "static") meets the budget and is the fastest that does."""
+    from ..quantize import quantize_digits
+    from ..exports import digits_onnx
+
+    require(choice in ("fp32", "dynamic", "static"), f"choice should be 'fp32', 'dynamic' or 'static', got {choice!r}")
+    require(isinstance(results, dict) and {"fp32", "dynamic", "static"} <= set(results),
+            "pass your latency results dict too: check_choice(choice, results)")
+    files = {"fp32": digits_onnx(), "dynamic": quantize_digits("dynamic"), "static": quantize_digits("static")}
+
+    def within(label):
+        path = files[label]
+        return path.stat().st_size / 1024 < SIZE_BUDGET_KB and 100 * (fp32_accuracy() - _accuracy(path)) <= MAX_DROP_POINTS
+
+    require(within(choice), f"{choice!r} does not meet the budget (size < {SIZE_BUDGET_KB:.0f} KB and drop <= "
+            f"{MAX_DROP_POINTS:g} point): fp32 is too big")
+    eligible = [label for label in files if within(label)]
+    fastest = min(eligible, key=lambda label: results[label].median_ms)
+    require(choice == fastest, f"{choice!r} meets the budget, but by your own measurements {fastest!r} is faster "
+            f"({results[fastest].median_ms:.4f} vs {results[choice].median_ms:.4f} ms median)")
+
+
+@check("ORT-format file for the app")
+def check_ort_file(path) -> None:
+    """An ``.ort`` flatbuffer within the budget (the file that goes into the app's assets)."""
+    path = _model_file(path)
+    require(path.suffix == ".ort", f"{path.name} is an ONNX protobuf: convert it to the ORT format (.ort), "
+            "e.g. with session option session.save_model_format=ORT or convert_onnx_models_to_ort")
+    require(path.read_bytes()[4:8] == b"ORTM", f"{path.name} ends in .ort but is not an ORT flatbuffer (no 'ORTM' identifier)")
+    check_budget.__wrapped__(path)
+
+
+__all__ = ["MAX_DROP_POINTS", "SIZE_BUDGET_KB", "check_budget", "check_choice", "check_helpers", "check_latency",
+           "check_ort_file", "check_quantized", "fp32_accuracy"]

@@ -1,0 +1,129 @@
+"""Lab 05 checks: a right answer passes, each kind of wrong answer gets its hint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deploykit as dk
+from deploykit import quantize as q
+from deploykit.bench import BenchResult
+from deploykit.checks import lab05
+
+
+def bench(label, median, threads=1, batch=1, warmup=10, repeats=100):
+    return BenchResult(label, median, median, median, median, warmup, repeats, threads, batch, median)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return dk.load_digits_split()
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {"fp32": bench("fp32", 0.009), "dynamic": bench("dynamic", 0.034), "static": bench("static", 0.010)}
+
+
+def right_size_kb(path):
+    return path.stat().st_size / 1024
+
+
+def make_accuracy(split):
+    def accuracy_of(path):
+        return q.onnx_accuracy(path, split.x_test, split.y_test)
+    return accuracy_of
+
+
+def test_helpers(split, capsys):
+    assert lab05.check_helpers(right_size_kb, make_accuracy(split))
+    assert not lab05.check_helpers(lambda p: p.stat().st_size, make_accuracy(split))
+    assert "bytes" in capsys.readouterr().out
+    assert not lab05.check_helpers(right_size_kb, lambda p: 100 * make_accuracy(split)(p))
+    assert "percentage" in capsys.readouterr().out
+    assert not lab05.check_helpers(right_size_kb, lambda p: q.onnx_accuracy(p, split.x_test[:50], split.y_test[:50]))
+    assert "expected" in capsys.readouterr().out
+
+    def stub(path):
+        raise NotImplementedError
+    assert not lab05.check_helpers(stub, stub)
+    assert "not written yet" in capsys.readouterr().out
+
+
+def test_quantized(capsys):
+    dynamic, static = q.quantize_digits("dynamic"), q.quantize_digits("static")
+    assert lab05.check_quantized(dynamic, "dynamic")
+    assert lab05.check_quantized(static, "static")
+    capsys.readouterr()
+    assert not lab05.check_quantized(static, "dynamic")
+    assert "statically quantised" in capsys.readouterr().out
+    assert not lab05.check_quantized(dynamic, "static")
+    assert "dynamically quantised" in capsys.readouterr().out
+    assert not lab05.check_quantized(dk.digits_onnx(), "dynamic")
+    assert "quantize_dynamic" in capsys.readouterr().out
+    assert not lab05.check_quantized(dk.artifact_path("missing.onnx"), "static")
+    assert "does not exist" in capsys.readouterr().out
+    assert not lab05.check_quantized(q.ort_format(static), "static")
+    assert "wrong file type" in capsys.readouterr().out
+
+
+def test_latency(results, capsys):
+    assert lab05.check_latency(results)
+    capsys.readouterr()
+    assert not lab05.check_latency({**results, "static": bench("static", 0.01, threads=2)})
+    assert "intra_op_num_threads=1" in capsys.readouterr().out
+    assert not lab05.check_latency({**results, "static": bench("static", 0.01, repeats=10)})
+    assert "at least 50" in capsys.readouterr().out
+    assert not lab05.check_latency({"fp32": results["fp32"]})
+    assert "missing" in capsys.readouterr().out
+    assert not lab05.check_latency({**results, "static": 0.01})
+    assert "dk.benchmark" in capsys.readouterr().out
+
+
+def test_budget(tmp_path, capsys):
+    assert lab05.check_budget(q.quantize_digits("static"))
+    capsys.readouterr()
+    assert not lab05.check_budget(dk.digits_onnx())
+    assert "over the 60 KB budget" in capsys.readouterr().out
+    wrong = tmp_path / "digits.tflite"
+    wrong.write_bytes(b"TFL3")
+    assert not lab05.check_budget(wrong)
+    assert "wrong file type" in capsys.readouterr().out
+
+
+def test_budget_accuracy_drop(tmp_path, capsys):
+    """A small file that has lost accuracy: the weights of the last layer zeroed."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(q.quantize_digits("dynamic")))
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.int8 and array.ndim == 2:
+            init.CopyFrom(numpy_helper.from_array(np.zeros_like(array), init.name))
+    broken = dk.artifact_path("test_lab05/broken.onnx")
+    onnx.save(model, str(broken))
+    assert not lab05.check_budget(broken)
+    assert "points below fp32" in capsys.readouterr().out
+
+
+def test_choice(results, capsys):
+    assert lab05.check_choice("static", results)
+    capsys.readouterr()
+    assert not lab05.check_choice("fp32", results)
+    assert "too big" in capsys.readouterr().out
+    assert not lab05.check_choice("dynamic", results)
+    assert "'static' is faster" in capsys.readouterr().out
+    assert not lab05.check_choice("int4", results)
+    assert "should be" in capsys.readouterr().out
+
+
+def test_ort_file(capsys):
+    static = q.quantize_digits("static")
+    assert lab05.check_ort_file(q.ort_format(static))
+    capsys.readouterr()
+    assert not lab05.check_ort_file(static)
+    assert "ORT format" in capsys.readouterr().out
+    fake = dk.artifact_path("test_lab05/fake.ort")
+    fake.write_bytes(static.read_bytes())
+    assert not lab05.check_ort_file(fake)
+    assert "not an ORT flatbuffer" in capsys.readouterr().out

@@ -1,0 +1,138 @@
+"""Lab 07 checks: a right answer passes, each kind of wrong answer gets its hint.
+
+A small MLP (not the lab's solution model) is trained and deployed once for the module.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import deploykit as dk
+from deploykit.bench import BenchResult
+from deploykit.checks import lab07
+from deploykit.quantize import quantize_onnx
+
+
+class MLP(nn.Module):
+    """forward(x): dk.export_onnx names the dynamic batch dimension of an argument called ``x``."""
+
+    def __init__(self, hidden=64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def bench(median, threads=1, batch=1):
+    return BenchResult("x", median, median * 1.1, median, median, 10, 100, threads, batch, median)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return dk.load_digits_split()
+
+
+@pytest.fixture(scope="module")
+def mlp(split):
+    model = MLP()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    for _ in range(150):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(mlp, split):
+    import litert_torch
+
+    example = torch.from_numpy(split.x_test[:2])
+    out = {"pytorch_eager": dk.artifact_path("test_lab07/mlp.pth")}
+    torch.save(mlp.state_dict(), out["pytorch_eager"])
+    out["ort_fp32"] = dk.export_onnx(mlp, example, "test_lab07/mlp.onnx", overwrite=True)
+    out["ort_int8"] = quantize_onnx(out["ort_fp32"], "test_lab07/mlp.int8.onnx", "static", split.x_train, overwrite=True)
+    out["litert_fp32"] = dk.artifact_path("test_lab07/mlp.tflite")
+    litert_torch.convert(mlp, (example[:1],)).export(str(out["litert_fp32"]))
+    return out
+
+
+@pytest.fixture
+def table(files):
+    rows = {}
+    for name, path in files.items():
+        rows[name] = {"file": path, "size_kb": path.stat().st_size / 1024, "accuracy": 0.97,
+                      "top1_agreement": 1.0, "latency": bench(0.01 if name != "pytorch_eager" else 0.2)}
+    return rows
+
+
+def test_model(mlp, capsys):
+    assert lab07.check_model(mlp)
+    capsys.readouterr()
+    assert not lab07.check_model(dk.DigitsCNN().eval())
+    assert "DigitsCNN" in capsys.readouterr().out
+    training = copy.deepcopy(mlp).train()
+    assert not lab07.check_model(training)
+    assert "model.eval()" in capsys.readouterr().out
+    torch.manual_seed(1)
+    assert not lab07.check_model(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval())
+    assert "train longer" in capsys.readouterr().out
+    assert not lab07.check_model(nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval())
+    assert "expected (N, 10)" in capsys.readouterr().out
+    assert not lab07.check_model("model.onnx")
+    assert "torch.nn.Module" in capsys.readouterr().out
+
+
+def test_deployments(mlp, files, split, capsys):
+    assert lab07.check_deployments(mlp, files)
+    capsys.readouterr()
+    assert not lab07.check_deployments(mlp, {k: v for k, v in files.items() if k != "litert_fp32"})
+    assert "missing runtimes" in capsys.readouterr().out
+    assert not lab07.check_deployments(mlp, {**files, "litert_fp32": files["ort_fp32"]})
+    assert "wrong file type" in capsys.readouterr().out
+    assert not lab07.check_deployments(mlp, {**files, "ort_int8": files["ort_fp32"]})
+    assert "no int8 operators" in capsys.readouterr().out
+    other = MLP(seed=2).eval()
+    stale = dk.export_onnx(other, torch.from_numpy(split.x_test[:2]), "test_lab07/other.onnx", overwrite=True)
+    assert not lab07.check_deployments(mlp, {**files, "ort_fp32": stale})
+    assert "eval mode" in capsys.readouterr().out
+
+
+def test_table(table, capsys):
+    assert lab07.check_table(table)
+    capsys.readouterr()
+    wrong_size = {**table, "ort_int8": {**table["ort_int8"], "size_kb": table["ort_int8"]["size_kb"] * 1024}}
+    assert not lab07.check_table(wrong_size)
+    assert "st_size / 1024" in capsys.readouterr().out
+    two_threads = {**table, "ort_fp32": {**table["ort_fp32"], "latency": bench(0.01, threads=2)}}
+    assert not lab07.check_table(two_threads)
+    assert "one thread" in capsys.readouterr().out
+    assert not lab07.check_table({k: v for k, v in table.items() if k != "ort_int8"})
+    assert "missing rows" in capsys.readouterr().out
+    percent = {**table, "ort_fp32": {**table["ort_fp32"], "accuracy": 97.0}}
+    assert not lab07.check_table(percent)
+    assert "fractions" in capsys.readouterr().out
+
+
+def test_decision(table, capsys):
+    smallest = min(lab07.eligible(table), key=lambda name: table[name]["size_kb"])
+    assert smallest == "ort_int8"
+    assert lab07.check_decision(table, "ort_int8")
+    capsys.readouterr()
+    assert not lab07.check_decision(table, "pytorch_eager")
+    assert "reference" in capsys.readouterr().out
+    assert not lab07.check_decision(table, "ort_fp32")
+    assert "smaller" in capsys.readouterr().out
+    slow = {**table, "ort_int8": {**table["ort_int8"], "latency": bench(50.0)}}
+    assert not lab07.check_decision(slow, "ort_int8")
+    assert "fails a gate" in capsys.readouterr().out
+    inaccurate = {**table, "ort_int8": {**table["ort_int8"], "accuracy": 0.90}}
+    assert "ort_int8" not in lab07.eligible(inaccurate)
+    assert not lab07.check_decision(table, "tensorrt")
+    assert "one of" in capsys.readouterr().out
