@@ -26,7 +26,7 @@ _LAZY = {
     "benchmark": "bench", "BenchResult": "bench", "machine_info": "bench", "print_machine_info": "bench",
     "cpu_model": "bench", "percentile": "bench",
     "parity_report": "parity", "ParityReport": "parity",
-    "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs",
+    "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",
     "export_onnx": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
 }

@@ -138,6 +138,61 @@ def load_graph(path) -> Graph:
     return onnx_graph(path) if path.suffix == ".onnx" else tflite_graph(path)
 
 
+def _op_name(node, modules: dict) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    target = node.target
+    if node.op == "call_method":
+        return str(target)
+    packet = getattr(target, "overloadpacket", None)  # torch.export: aten OpOverload
+    if packet is not None:
+        return packet.__name__
+    return getattr(target, "__name__", str(target))
+
+
+def graph_from_fx(source, name: str | None = None) -> Graph:
+    """A :class:`Graph` from a ``torch.fx.GraphModule`` or a ``torch.export.ExportedProgram``.
+
+    Each ``call_module`` / ``call_function`` / ``call_method`` node becomes an operator named by
+    its module class (``Conv2d``), function (``add``) or aten op (``conv2d``). Placeholders are the
+    graph inputs, except the parameters and buffers of an exported program, which (like
+    ``get_attr`` nodes) count as constants (weights).
+    """
+    import torch
+
+    constants: set[str] = set()
+    if isinstance(source, torch.export.ExportedProgram):
+        signature = source.graph_signature
+        user_inputs = set(signature.user_inputs)
+        module = source.graph_module
+        title = name or "exported"
+    elif isinstance(source, torch.fx.GraphModule):
+        user_inputs = None
+        module = source
+        title = name or type(source).__name__
+    else:
+        raise TypeError(
+            f"graph_from_fx expected a torch.fx.GraphModule (torch.fx.symbolic_trace) or a torch.export "
+            f"ExportedProgram, got {type(source).__name__}"
+        )
+    modules = dict(module.named_modules())
+    nodes, inputs, outputs = [], [], []
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            if user_inputs is None or node.name in user_inputs:
+                inputs.append(node.name)
+            else:
+                constants.add(node.name)
+        elif node.op == "get_attr":
+            constants.add(node.name)
+        elif node.op == "output":
+            outputs = [n.name for n in node.all_input_nodes]
+        else:
+            args = tuple(n.name for n in node.all_input_nodes)
+            nodes.append(Node(node.name, _op_name(node, modules), args, (node.name,)))
+    return Graph(title, nodes, inputs, outputs, constants)
+
+
 _PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 
 

@@ -58,7 +58,6 @@ LAB_SETTINGS = {
 SERVER_START_S = 120
 RUN_ALL_S = 180
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-ERROR_MIME = "application/vnd.jupyter.error"
 
 pytestmark = pytest.mark.browser
 
@@ -116,6 +115,7 @@ def lab_command(port: int, token: str) -> list[str]:
         "--no-browser", f"--IdentityProvider.token={token}",
         *(["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
         "--ContentsManager.allow_hidden=True",  # the copy under test is a hidden .e2e-*.ipynb file
+        "--ServerApp.port_retries=0",  # our port or nothing: the test knows where to look
         "--ServerApp.shutdown_no_activity_timeout=900",  # a server left behind stops by itself
     ])
     make = ["make", "--no-print-directory"]
@@ -289,11 +289,16 @@ def remove_copy(copy: Path, checkpoints_existed: bool) -> None:
 
 
 KERNEL_IDLE_JS = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => /\\|\\s*Idle\\b/.test(e.textContent))"
-RUN_STATE_JS = """(panel) => {
-    const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
-    const failed = Boolean(panel.querySelector('.jp-OutputArea [data-mime-type="application/vnd.jupyter.error"]'));
-    return {prompts, failed, dialog: document.querySelector('.jp-Dialog')?.innerText || null};
-}"""
+RUN_STATE_JS = """(panel) => ({
+    prompts: [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim()),
+    dialog: document.querySelector('.jp-Dialog')?.innerText || null,
+})"""
+# In the page an error looks like stderr (JupyterLab renders both as text), so the page is searched for
+# tracebacks, and the saved copy (below) for outputs of type "error".
+TRACEBACK_JS = """(panel) => [...panel.querySelectorAll('.jp-Notebook .jp-Cell')].map((cell, i) => {
+    const bad = [...cell.querySelectorAll('.jp-OutputArea-output')].filter(o => /Traceback \\(most recent call last\\)/.test(o.textContent));
+    return bad.length ? [i, bad.map(o => o.textContent.slice(0, 300)).join(' | ')] : null;
+}).filter(Boolean)"""
 
 
 def wait_until(what: str, seconds: float, probe, interval: float = 0.5):
@@ -313,74 +318,95 @@ def wait_for_kernel(page) -> None:
     wait_until("the kernel to start (status bar: '| Idle')", 90, lambda: page.evaluate(KERNEL_IDLE_JS))
 
 
-def run_all_cells(page, panel) -> None:
-    """Run > Run All Cells, as a learner would, then wait for the kernel to finish."""
+def run_all_cells(page, panel) -> list[str]:
+    """Run > Run All Cells, as a learner would; wait until the kernel stops (done, or halted by an error)."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).click()
     handle = panel.element_handle()
 
-    def finished():
+    def prompts(condition):
         state = page.evaluate(RUN_STATE_JS, handle)
         assert not state["dialog"], f"JupyterLab opened a dialog while running: {state['dialog']!r}"
-        prompts = state["prompts"]
-        if not prompts or any("*" in p for p in prompts):
-            return False
-        return state["failed"] or all(re.search(r"\[\d+\]", p) for p in prompts)
+        return state["prompts"] if condition(state["prompts"]) else None
 
+    wait_until("the cells to start running", 30, lambda: prompts(lambda ps: any(p != "[ ]:" for p in ps)))
     try:
-        wait_until("Run All Cells to finish", RUN_ALL_S, finished)
+        wait_until("Run All Cells to finish", RUN_ALL_S,
+                   lambda: prompts(lambda ps: not any("*" in p for p in ps)) and page.evaluate(KERNEL_IDLE_JS))
     except AssertionError as error:
-        state = page.evaluate(RUN_STATE_JS, handle)
-        errors = "\n".join(error_outputs(panel, set()))
-        raise AssertionError(f"{error}; input prompts: {' '.join(state['prompts'])}\n{errors}") from None
+        raise AssertionError(f"{error}; input prompts: {' '.join(page.evaluate(RUN_STATE_JS, handle)['prompts'])}") from None
+    return page.evaluate(RUN_STATE_JS, handle)["prompts"]
 
 
-def error_outputs(panel, allowed: set[int]) -> list[str]:
-    """Error outputs (or printed tracebacks) in cells not tagged raises-exception."""
-    found = panel.evaluate(
-        """(panel, mime) => [...panel.querySelectorAll('.jp-Notebook .jp-Cell')].map((cell, i) => {
-            const outputs = [...cell.querySelectorAll('.jp-OutputArea-output')];
-            const bad = outputs.filter(o => o.matches(`[data-mime-type="${mime}"]`) || o.querySelector(`[data-mime-type="${mime}"]`)
-                                            || /Traceback \\(most recent call last\\)/.test(o.textContent));
-            return bad.length ? [i, bad.map(o => o.textContent.slice(0, 400)).join(' | ')] : null;
-        }).filter(Boolean)""",
-        ERROR_MIME,
-    )
-    return [f"cell {i}: {text}" for i, text in found if i not in allowed]
+def save_and_read(page, copy: Path):
+    """File > Save (Ctrl+S) the copy under test, then read back what the browser holds, as nbformat sees it."""
+    before = copy.stat().st_mtime_ns
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook").first.focus()
+    page.keyboard.press("Control+s")
+    wait_until("the notebook to be saved", 30, lambda: copy.stat().st_mtime_ns != before
+               and not page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count())
+    return nbformat.read(copy, as_version=4)
+
+
+def error_outputs(page, panel, saved, allowed: set[int]) -> list[str]:
+    """Error outputs (saved as type "error") and printed tracebacks, in cells not tagged raises-exception."""
+    problems = [f"cell {i}: {output.ename}: {output.evalue}" for i, cell in enumerate(saved.cells) if cell.cell_type == "code"
+                for output in cell.outputs if output.output_type == "error" and i not in allowed]
+    problems += [f"cell {i}: printed a traceback: {text}" for i, text in page.evaluate(TRACEBACK_JS, panel.element_handle())
+                 if i not in allowed]
+    return problems
+
+
+# The text a widget cell shows, minus the controls' own labels and readouts (those change with any move).
+WIDGET_TEXT_JS = """(cell) => {
+    const area = cell.querySelector('.jp-Cell-outputArea').cloneNode(true);
+    area.querySelectorAll('.widget-readout, .widget-label, .widget-dropdown, .widget-checkbox, .widget-slider, '
+                          + '.widget-toggle-buttons, .widget-radio, button, input, select, label').forEach(e => e.remove());
+    return area.textContent.replace(/\\s+/g, ' ').trim();
+}"""
+CONTROLS = ".widget-dropdown select, .widget-checkbox input, .widget-slider .noUi-handle, .widget-toggle-button"
 
 
 def check_widget(page, panel, shots: Path) -> str:
-    """Find the first dropdown or slider, change it, and wait for the text it drives to change."""
-    cell = panel.locator(".jp-CodeCell").filter(has=page.locator(".widget-dropdown select, .widget-slider .noUi-handle")).first
+    """Change the first widget's controls one at a time, as a person would, until the text they drive changes."""
+    cell = panel.locator(".jp-CodeCell").filter(has=page.locator(CONTROLS)).first
     cell.wait_for(state="attached", timeout=30_000)
     cell.scroll_into_view_if_needed()
-    target = cell.locator(".widget-output") if cell.locator(".widget-output").count() else cell.locator(".jp-Cell-outputArea")
-    before = target.first.text_content()
-    dropdowns = cell.locator(".widget-dropdown select")
-    if dropdowns.count():
-        select = dropdowns.first
-        options = select.locator("option").count()
-        assert options >= 2, "the dropdown has a single option: nothing to change"
-        current = select.evaluate("s => s.selectedIndex")
-        select.select_option(index=(current + 1) % options)
-        what = f"dropdown option {current} -> {(current + 1) % options}"
-    else:
-        handle = cell.locator(".widget-slider .noUi-handle").first
-        handle.focus()
-        for _ in range(2):
-            handle.press("ArrowRight")
-        if target.first.text_content() == before:  # at the maximum already: go the other way
-            for _ in range(4):
-                handle.press("ArrowLeft")
-        what = "slider moved with the arrow keys"
-    deadline = time.monotonic() + 30
+    handle = cell.element_handle()
+    before = page.evaluate(WIDGET_TEXT_JS, handle)
+
+    def moves():
+        for select in cell.locator(".widget-dropdown select").all():
+            count, current = select.locator("option").count(), select.evaluate("s => s.selectedIndex")
+            if count >= 2:
+                select.select_option(index=(current + 1) % count)
+                yield f"dropdown option {current} -> {(current + 1) % count}"
+        for box in cell.locator(".widget-checkbox input").all():
+            box.click()
+            yield "checkbox clicked"
+        for slider in cell.locator(".widget-slider .noUi-handle").all():
+            for key in ("End", "Home"):
+                slider.focus()
+                slider.press(key)
+                yield f"slider moved with the {key} key"
+        for button in cell.locator(".widget-toggle-button:not(.mod-active)").all():
+            button.click()
+            yield "toggle button clicked"
+
+    tried = []
     after = before
-    while time.monotonic() < deadline and after == before:
-        time.sleep(0.3)
-        after = target.first.text_content()
+    for what in moves():
+        tried.append(what)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and after == before:
+            time.sleep(0.3)
+            after = page.evaluate(WIDGET_TEXT_JS, handle)
+        if after != before:
+            break
     page.screenshot(path=str(shots / "2-widget.png"))
-    assert after != before, f"the widget's text did not change after {what}: {before!r}"
-    return f"{what}: {before.strip()[:80]!r} -> {after.strip()[:80]!r}"
+    assert tried, "the widget cell has no control this test knows how to move"
+    assert after != before, f"the widget's output did not change after: {', '.join(tried)}; it shows {before[:200]!r}"
+    return f"widget: {tried[-1]}: {before[:60]!r} -> {after[:60]!r}"
 
 
 def check_figure(page, panel, shots: Path) -> str:
@@ -443,12 +469,13 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
         panel.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
         wait_for_kernel(page)
         page.screenshot(path=str(shots / "0-opened.png"))
-        run_all_cells(page, panel)
+        prompts = run_all_cells(page, panel)  # textContent: off-screen cells too
         page.screenshot(path=str(shots / "1-ran-all.png"))
-        errors = error_outputs(panel, allowed)
+        saved = save_and_read(page, copy)
+        errors = error_outputs(page, panel, saved, allowed)
         assert not errors, "error output after Run All Cells:\n" + "\n".join(errors)
-        prompts = page.evaluate(RUN_STATE_JS, panel.element_handle())["prompts"]  # textContent: off-screen cells too
-        assert all(re.search(r"\[\d+\]", p) for p in prompts), f"not every code cell ran: {prompts}"
+        assert all(re.search(r"\[\d+\]", p) for p in prompts), f"not every code cell ran: {' '.join(prompts)}"
+        assert all(c.execution_count for c in saved.cells if c.cell_type == "code"), "the saved copy has cells that did not run"
         assert expected, f"{notebook} shows no widget, figure or Netron view in its committed outputs: nothing to check"
         report = [f"{notebook}: {len(prompts)} code cells ran in {time.monotonic() - started:.0f} s"]
         if "widget" in expected:
@@ -466,7 +493,7 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
         page.close()
         lab.shutdown_kernels_of(copy)
         remove_copy(copy, checkpoints_existed)
-    assert source.read_bytes() == tracked_before, f"{notebook} was modified by the browser test"
+    assert source.read_bytes() == tracked_before, f"{notebook} changed during the browser test (which only runs a copy)"
 
 
 def pytest_generate_tests(metafunc):  # pragma: no cover - collection hook, see notebooks_under_test

@@ -1,8 +1,8 @@
 """Lab 01 (inspect a graph): the graphs the lab works on, and the checks of the learner's functions.
 
-* :func:`graph_from_fx` turns a ``torch.fx`` graph (from ``torch.fx.symbolic_trace``) or a
-  ``torch.export`` program into a :class:`deploykit.graphs.Graph` (operators, tensors, topology),
-  the same shape ``dk.load_graph`` gives for ONNX and LiteRT files. Lecture 02 uses it too.
+* :func:`graph_from_fx` (from :mod:`deploykit.graphs`) turns a ``torch.fx`` graph or a
+  ``torch.export`` program into a :class:`deploykit.graphs.Graph`, the same shape
+  ``dk.load_graph`` gives for ONNX and LiteRT files.
 * :func:`sample_graphs` gives the graphs the checks test on: a chain, a diamond, a residual block
   and the course's digits CNN. A chain alone would not tell "depth" from "number of nodes".
 * ``check_count_ops``, ``check_depth``, ``check_layout`` take the learner's function and compare
@@ -13,63 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..graphs import Graph, Node
+from ..graphs import Graph, Node, graph_from_fx  # noqa: F401  (graph_from_fx: re-exported for the lab)
 from . import check, require
-
-
-def _op_name(node, modules: dict) -> str:
-    if node.op == "call_module":
-        return type(modules[node.target]).__name__
-    target = node.target
-    if node.op == "call_method":
-        return str(target)
-    packet = getattr(target, "overloadpacket", None)  # torch.export: aten OpOverload
-    if packet is not None:
-        return packet.__name__
-    return getattr(target, "__name__", str(target))
-
-
-def graph_from_fx(source, name: str | None = None) -> Graph:
-    """A :class:`Graph` from a ``torch.fx.GraphModule`` or a ``torch.export.ExportedProgram``.
-
-    Each ``call_module`` / ``call_function`` / ``call_method`` node becomes an operator named by
-    its module class (``Conv2d``), function (``add``) or aten op (``conv2d``). Placeholders are the
-    graph inputs, except the parameters and buffers of an exported program, which (like
-    ``get_attr`` nodes) count as constants (weights).
-    """
-    import torch
-
-    constants: set[str] = set()
-    if isinstance(source, torch.export.ExportedProgram):
-        signature = source.graph_signature
-        user_inputs = set(signature.user_inputs)
-        module = source.graph_module
-        title = name or "exported"
-    elif isinstance(source, torch.fx.GraphModule):
-        user_inputs = None
-        module = source
-        title = name or type(source).__name__
-    else:
-        raise TypeError(
-            f"graph_from_fx expected a torch.fx.GraphModule (torch.fx.symbolic_trace) or a torch.export "
-            f"ExportedProgram, got {type(source).__name__}"
-        )
-    modules = dict(module.named_modules())
-    nodes, inputs, outputs = [], [], []
-    for node in module.graph.nodes:
-        if node.op == "placeholder":
-            if user_inputs is None or node.name in user_inputs:
-                inputs.append(node.name)
-            else:
-                constants.add(node.name)
-        elif node.op == "get_attr":
-            constants.add(node.name)
-        elif node.op == "output":
-            outputs = [n.name for n in node.all_input_nodes]
-        else:
-            args = tuple(n.name for n in node.all_input_nodes)
-            nodes.append(Node(node.name, _op_name(node, modules), args, (node.name,)))
-    return Graph(title, nodes, inputs, outputs, constants)
 
 
 def _graph(name: str, spec: list[tuple[str, str, tuple[str, ...]]]) -> Graph:
