@@ -227,8 +227,7 @@ class LabServer:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    for stale in (ROOT / "notebooks").glob(".e2e-*.ipynb"):  # left by a run that was killed
-        stale.unlink()
+    remove_orphan_copies()
     server = LabServer(tmp_path_factory.mktemp("jupyter-home"))
     try:
         server.start()
@@ -273,9 +272,24 @@ def clean_copy(source: Path, nb) -> Path:
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
     folder = source.parent if source.parent.resolve().is_relative_to((ROOT / "notebooks").resolve()) else ROOT / "notebooks"
-    copy = folder / f".e2e-{source.stem}-{secrets.token_hex(3)}.ipynb"
+    copy = folder / f".e2e-{source.stem}-{os.getpid()}-{secrets.token_hex(3)}.ipynb"
     nbformat.write(nb, copy)
     return copy
+
+
+def remove_orphan_copies() -> None:
+    """Delete copies left by a run that was killed (its pid is in the name), not those of a run in progress."""
+    for stale in (ROOT / "notebooks").glob(".e2e-*.ipynb"):
+        match = re.search(r"-(\d+)-[0-9a-f]{6}$", stale.stem)
+        if match:
+            try:
+                os.kill(int(match.group(1)), 0)
+                continue  # that run is alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        remove_copy(stale, checkpoints_existed=True)
 
 
 def remove_copy(copy: Path, checkpoints_existed: bool) -> None:
@@ -343,7 +357,7 @@ def save_and_read(page, copy: Path):
     before = copy.stat().st_mtime_ns
     page.locator(".jp-NotebookPanel:visible .jp-Notebook").first.focus()
     page.keyboard.press("Control+s")
-    wait_until("the notebook to be saved", 30, lambda: copy.stat().st_mtime_ns != before
+    wait_until("the notebook to be saved", 90, lambda: copy.stat().st_mtime_ns != before
                and not page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count())
     return nbformat.read(copy, as_version=4)
 
