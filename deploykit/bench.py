@@ -123,12 +123,13 @@ def machine_info() -> dict:
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
-    try:
-        import onnxruntime
+    from importlib import metadata
 
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for dist in ("onnxruntime", "litert-torch", "ai-edge-litert"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return info
 
 
