@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 PORT ?= 8888
+# Jupyter refuses to run as root (e.g. in a container) without --allow-root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
@@ -29,7 +31,7 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 install: $(STAMP)
 
 lab: install
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) notebooks/00_setup_check.ipynb $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=. notebooks/00_setup_check.ipynb $(ROOT_FLAG) $(LAB_ARGS)
 
 test: install
 	$(BIN)/python -m pytest --nbval

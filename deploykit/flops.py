@@ -14,7 +14,6 @@ costs 0 FLOPs; such operators are listed in :attr:`FlopReport.uncounted`.
 """
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
@@ -64,15 +63,31 @@ class FlopReport:
         return f"{self.total / 1e9:.3f} GFLOPs for {shapes} ({parts})"
 
 
+_KEEP_VALUES_UP_TO = 1024  # initializers this small keep their values (shape tensors for Reshape ...)
+
+
+def _drop_weight_values(model: onnx.ModelProto) -> None:
+    """Keep every initializer's name, type and shape but drop the values of large ones (the
+    weights): shape inference needs only their shapes, and a 50 MB model then costs kilobytes."""
+    for init in model.graph.initializer:
+        if prod(init.dims) > _KEEP_VALUES_UP_TO:
+            for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
+                init.ClearField(name)
+
+
 def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
-        return copy.deepcopy(model)
-    if isinstance(model, (str, Path)):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    elif isinstance(model, (str, Path)):
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"count_flops expected an existing .onnx file, got {str(model)!r}")
-        return onnx.load(str(path))
-    raise TypeError(f"count_flops expected an onnx.ModelProto or a path to a .onnx file, got {type(model).__name__}")
+        proto = onnx.load(str(path), load_external_data=False)
+    else:
+        raise TypeError(f"count_flops expected an onnx.ModelProto or a path to a .onnx file, got {type(model).__name__}")
+    _drop_weight_values(proto)
+    return proto
 
 
 def _fix_input_shapes(model: onnx.ModelProto, batch: int, input_shapes: dict | None) -> dict[str, tuple[int, ...]]:

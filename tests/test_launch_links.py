@@ -74,8 +74,8 @@ def test_adds_two_cells_on_top_and_changes_nothing_else(tmp_path):
     assert lab.read_bytes() == lab_bytes, "labs/ is make_labs' to write"
     for rel, path in paths.items():
         after = cells(path)
-        assert after[2:] == before[rel], "the notebook's own cells must be untouched"
-        links, setup = after[0], after[1]
+        assert [after[1], *after[3:]] == before[rel], "the notebook's own cells must be untouched"
+        links, setup = after[0], after[2]  # badges on top; setup after the title, before the first code
         assert links["metadata"]["tags"] == ["launch-links"] and setup["metadata"]["tags"] == ["colab-setup"]
         text = "".join(links["source"])
         assert f"https://colab.research.google.com/github/{REPO}/blob/main/{rel}" in text
@@ -124,8 +124,9 @@ def test_rerun_replaces_in_place_keeps_ids_and_removes_duplicates(tmp_path):
     path = make_course(tmp_path)["notebooks/01_intro.ipynb"]
     launch_links.run(tmp_path, REPO, paths=[path], readme=False)
     nb = json.loads(path.read_text())
+    assert [c["id"] for c in nb["cells"]] == ["launch-links", "cell-0", "colab-setup", "cell-1"]
     nb["cells"].insert(2, dict(nb["cells"][0], id="copy"))  # an author duplicated the links cell
-    nb["cells"].append(nb["cells"].pop(1))  # and moved the setup cell to the end
+    nb["cells"].append(nb["cells"].pop(3))  # and moved the setup cell to the end
     path.write_text(launch_links.dumps(nb), encoding="utf-8")
     assert launch_links.run(tmp_path, "new/place", paths=[path], readme=False) == ["notebooks/01_intro.ipynb"]
     after = cells(path)
@@ -140,15 +141,15 @@ def test_an_executed_setup_cell_is_still_current(tmp_path):
     path = make_course(tmp_path)["notebooks/01_intro.ipynb"]
     launch_links.run(tmp_path, REPO, paths=[path], readme=False)
     nb = json.loads(path.read_text())
-    nb["cells"][1]["execution_count"] = 1  # tools/execute_notebooks.py ran it: no output, a count
+    nb["cells"][2]["execution_count"] = 1  # tools/execute_notebooks.py ran it: no output, a count
     path.write_text(launch_links.dumps(nb), encoding="utf-8")
     before = path.read_bytes()
     assert launch_links.run(tmp_path, REPO, paths=[path], readme=False) == []
     assert path.read_bytes() == before
-    nb["cells"][1]["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text="oops\n")]
+    nb["cells"][2]["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text="oops\n")]
     path.write_text(launch_links.dumps(nb), encoding="utf-8")
     assert launch_links.run(tmp_path, REPO, paths=[path], readme=False) == ["notebooks/01_intro.ipynb"]
-    assert cells(path)[1]["outputs"] == []
+    assert cells(path)[2]["outputs"] == []
 
 
 def test_refuses_a_notebook_it_would_reformat(tmp_path):
@@ -218,7 +219,7 @@ def test_retarget_points_a_lab_at_itself_for_make_labs(tmp_path):
     launch_links.run(tmp_path, REPO, paths=[path], readme=False)
     lab = nbformat.read(path, as_version=4)  # what make_labs copies
     assert launch_links.retarget(lab, "labs/lab01_demo.ipynb") is True
-    links, setup = lab.cells[0], lab.cells[1]
+    links, setup = lab.cells[0], lab.cells[2]
     assert isinstance(links.source, str) and links.cell_type == "markdown"  # still NotebookNodes
     assert f"github/{REPO}/blob/main/labs/lab01_demo.ipynb" in links.source and "solutions/" not in links.source
     assert 'os.chdir(f"{course}/labs")' in setup.source

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Put "Open in Colab" / "Open in Binder" links at the top of every notebook of the course.
 
-Each lecture (``notebooks/``), solution (``solutions/``) and so lab (``labs/``) gets two cells at
-its top, recognised by their tags, so a rerun replaces them in place instead of adding more:
+Each lecture (``notebooks/``), solution (``solutions/``) and so lab (``labs/``) gets two cells,
+recognised by their tags, so a rerun replaces them in place instead of adding more:
 
-* ``launch-links`` (markdown): the two badges, linking to *this* notebook on Colab and on Binder;
-* ``colab-setup`` (code): on Colab only, clones the course, installs its pinned environment and
-  moves into the notebook's folder. Anywhere else it does nothing and prints nothing, so the
-  strict ``pytest --nbval`` comparison sees an empty output.
+* ``launch-links`` (markdown, the first cell): the two badges, linking to *this* notebook on Colab
+  and on Binder;
+* ``colab-setup`` (code, just before the first code cell, so after the title and goals): on Colab
+  only, clones the course, installs its pinned packages and moves into the notebook's folder.
+  Anywhere else it does nothing and prints nothing, so the strict ``pytest --nbval`` comparison
+  sees an empty output.
 
 Nothing else in a notebook changes: the file is edited as JSON and written back in the exact
 layout nbformat uses, and a notebook whose cells are already current is not written at all (a
@@ -137,8 +139,8 @@ def is_current(cell: dict, expected: dict) -> bool:
 def update_notebook(nb: dict, rel: str, repo: str, branch: str = BRANCH) -> bool:
     """Make ``nb`` (a notebook as a JSON dict) start with current launch cells for ``rel``; True if changed.
 
-    Tagged cells are replaced where they are (keeping their ids); missing ones are inserted at the
-    top (links first, then the setup cell); duplicates are removed.
+    Tagged cells are replaced where they are (keeping their ids); a missing links cell is inserted
+    at the top, a missing setup cell just before the first code cell; duplicates are removed.
     """
     cells = nb["cells"]
     use_ids = (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5)
@@ -148,7 +150,6 @@ def update_notebook(nb: dict, rel: str, repo: str, branch: str = BRANCH) -> bool
 
         expected_pair = [nbformat.from_dict({**cell, "source": _source(cell)}) for cell in expected_pair]
     changed = False
-    position = 0
     for tag, expected in zip((LINKS_TAG, SETUP_TAG), expected_pair):
         found = [i for i, cell in enumerate(cells) if tag in _tags(cell)]
         for duplicate in reversed(found[1:]):
@@ -162,13 +163,15 @@ def update_notebook(nb: dict, rel: str, repo: str, branch: str = BRANCH) -> bool
                     replacement["id"] = cells[index].get("id") or _free_id(cells, tag)
                 cells[index] = replacement
                 changed = True
-            position = index + 1
         else:
             new = copy.deepcopy(expected)
             if use_ids:
                 new["id"] = _free_id(cells, tag)
+            if tag == LINKS_TAG:  # the badges open the notebook, above its title
+                position = 0
+            else:  # the setup runs first: just before the first code cell, after the title and goals
+                position = next((i for i, cell in enumerate(cells) if cell.get("cell_type") == "code"), len(cells))
             cells.insert(position, new)
-            position += 1
             changed = True
     return changed
 

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch_links import retarget  # noqa: E402  (labs link to themselves, not to their solution)
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE_BEGIN = re.compile(r"^(\s*)#+\s*BEGIN SOLUTION\s*$")
 CODE_END = re.compile(r"^\s*#+\s*END SOLUTION\s*$")
@@ -96,6 +99,7 @@ def make_lab(solution_path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
             cell.source = MD_REGION.sub(MD_STUB, cell.source)
         cell.metadata.pop("execution", None)
         lab.cells.append(cell)
+    retarget(lab, f"labs/{solution_path.name}")
     lab.metadata.pop("widgets", None)
     for i, cell in enumerate(lab.cells):
         cell["id"] = f"cell-{i:02d}"  # stable ids: regenerating gives the same bytes
