@@ -7,6 +7,7 @@ it depends on where JupyterLab runs:
   Jupyter server itself, at ``<base_url>proxy/<port>/``. Works in local JupyterLab and on remote
   servers (Binder, JupyterHub), where the browser cannot reach the server's loopback.
 * ``direct``: ``http://127.0.0.1:<port>/``; only when browser and kernel share a machine.
+* ``colab`` (default on Google Colab): Colab's own kernel-port iframe.
 
 Every view also draws the graph with matplotlib (the static fallback), so a saved or exported
 notebook, or a viewer without JavaScript, still shows the graph.
@@ -16,12 +17,13 @@ from __future__ import annotations
 import html
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .graphs import SUPPORTED_SUFFIXES, draw_graph, load_graph
 
 _servers: dict[str, tuple[str, int]] = {}
-MODES = ("auto", "proxy", "direct", "static")
+MODES = ("auto", "proxy", "direct", "colab", "static")
 
 
 def _has_server_proxy() -> bool:
@@ -68,7 +70,7 @@ def netron_url(path, mode: str = "auto") -> str:
 def show_netron(path, height: int = 520, mode: str = "auto", static: bool = True):
     """Display Netron for ``path`` in an iframe, plus a static drawing of the graph.
 
-    ``mode``: ``"auto"``, ``"proxy"``, ``"direct"`` (see module docs) or ``"static"`` (drawing only,
+    ``mode``: ``"auto"``, ``"proxy"``, ``"direct"``, ``"colab"`` (see module docs) or ``"static"`` (drawing only,
     no server). Returns the :class:`deploykit.graphs.Graph` that was drawn.
     """
     from IPython.display import HTML, display
@@ -79,7 +81,13 @@ def show_netron(path, height: int = 520, mode: str = "auto", static: bool = True
     if path.suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(f"show_netron expected a model file ending in {' or '.join(SUPPORTED_SUFFIXES)}, got {str(path)!r}")
     graph = load_graph(path)  # also raises FileNotFoundError with a hint
-    if mode != "static":
+    if mode == "auto" and "google.colab" in sys.modules:
+        mode = "colab"
+    if mode == "colab":
+        from google.colab import output  # only importable on Colab
+
+        output.serve_kernel_port_as_iframe(serve(path), height=int(height))
+    elif mode != "static":
         url = netron_url(path, mode)
         display(HTML(
             f'<iframe class="deploykit-netron" src="{html.escape(url)}" width="100%" height="{int(height)}" '
