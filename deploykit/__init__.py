@@ -28,11 +28,12 @@ _LAZY = {
     "parity_report": "parity", "ParityReport": "parity",
     "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",
+    "count_flops": "flops",
     "export_onnx": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "graphs", "litert", "models", "netron", "parity", "pitfalls", "quantize", "setup_check"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "parity", "pitfalls", "quantize", "setup_check"}
 
 
 def __getattr__(name: str):

@@ -66,7 +66,7 @@ def zero_default_time_it(fn, warmup=0, repeats=20):
 
 def test_time_it_passes_a_fair_implementation(capsys):
     result, out = outcome(capsys, lab04.check_time_it(good_time_it))
-    assert result is True and out.startswith("[PASS]")
+    assert result and out.startswith("[PASS]")
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -79,7 +79,7 @@ def test_time_it_passes_a_fair_implementation(capsys):
 ])
 def test_time_it_hints_for_wrong_answers(capsys, wrong, words):
     result, out = outcome(capsys, lab04.check_time_it(wrong))
-    assert result is False and out.startswith("[HINT]") and words in out
+    assert not result and out.startswith("[HINT]") and words in out
 
 
 def test_time_it_stub_gets_not_written_yet_hint(capsys):
@@ -87,7 +87,7 @@ def test_time_it_stub_gets_not_written_yet_hint(capsys):
         raise NotImplementedError
 
     result, out = outcome(capsys, lab04.check_time_it(stub))
-    assert result is False and "not written yet" in out
+    assert not result and "not written yet" in out
 
 
 # ------------------------------------------------------------------ compare_runtimes
@@ -120,7 +120,7 @@ def make_compare(*, set_torch=True, set_ort=True, inter=1, grad=False, warm=True
 
 def test_compare_passes_a_fair_implementation(capsys):
     result, out = outcome(capsys, lab04.check_compare_runtimes(make_compare()))
-    assert result is True and out.startswith("[PASS]")
+    assert result and out.startswith("[PASS]")
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -134,7 +134,7 @@ def test_compare_passes_a_fair_implementation(capsys):
 def test_compare_hints_for_unfair_benchmarks(capsys, kwargs, words):
     before = torch.get_num_threads()
     result, out = outcome(capsys, lab04.check_compare_runtimes(make_compare(**kwargs)))
-    assert result is False and out.startswith("[HINT]") and words in out
+    assert not result and out.startswith("[HINT]") and words in out
     assert torch.get_num_threads() == before  # the check restores the process-wide setting
 
 
@@ -144,7 +144,7 @@ def test_compare_hint_when_session_is_not_created_inside(capsys):
                 "onnxruntime": {"median_ms": 1, "p90_ms": 1, "samples_ms": [1]}}
 
     result, out = outcome(capsys, lab04.check_compare_runtimes(compare_runtimes))
-    assert result is False and "never called" in out
+    assert not result and "never called" in out
 
 
 # --------------------------------------------------------------------------- sweep
@@ -156,7 +156,7 @@ def rows(models=("digits", "resnet18"), batches=(1, 8), threads=(1, 2)):
 
 def test_sweep_passes_complete_results(capsys):
     result, out = outcome(capsys, lab04.check_sweep(rows(), threads=[1, 2]))
-    assert result is True and out.startswith("[PASS]")
+    assert result and out.startswith("[PASS]")
 
 
 @pytest.mark.parametrize("results, words", [
@@ -168,4 +168,4 @@ def test_sweep_passes_complete_results(capsys):
 ])
 def test_sweep_hints_for_incomplete_results(capsys, results, words):
     result, out = outcome(capsys, lab04.check_sweep(results, threads=[1, 2]))
-    assert result is False and words in out
+    assert not result and words in out

@@ -14,14 +14,31 @@ class CheckFailed(Exception):
     """Raised inside a check to report a hint for the learner."""
 
 
-def passed(what: str) -> bool:
+class CheckResult:
+    """What a check returns: true if it passed. It shows nothing in a notebook, because the
+    check has already printed its ``[PASS]`` or ``[HINT]`` line."""
+
+    def __init__(self, passed: bool, what: str, message: str = ""):
+        self.passed, self.what, self.message = passed, what, message
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.passed}, what={self.what!r})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def passed(what: str) -> CheckResult:
     print(f"[PASS] {what}")
-    return True
+    return CheckResult(True, what)
 
 
-def hint(what: str, message: str) -> bool:
+def hint(what: str, message: str) -> CheckResult:
     print(f"[HINT] {what}: {message}")
-    return False
+    return CheckResult(False, what, message)
 
 
 def require(condition: bool, message: str) -> None:
@@ -39,7 +56,7 @@ def check(what: str) -> Callable:
 
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
-        def run(*args, **kwargs) -> bool:
+        def run(*args, **kwargs) -> CheckResult:
             try:
                 body(*args, **kwargs)
             except CheckFailed as failure:
