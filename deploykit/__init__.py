@@ -29,7 +29,7 @@ _LAZY = {
     "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",
     "count_flops": "flops",
-    "export_onnx": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
+    "export_onnx": "exports", "strip_debug_info": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
 }
 
 

@@ -15,11 +15,59 @@ from .paths import artifact_path
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
+def strip_debug_info(path) -> int:
+    """Remove what an exporter recorded about *this machine* from a model file, in place.
+
+    * ``.onnx``: every node's ``metadata_props``. ``torch.onnx.export`` writes each node's Python
+      stack trace (with absolute file paths), its FX node and class hierarchy there.
+    * ``.pt`` TorchScript archives: the ``*.debug_pkl`` source maps (absolute paths of the Python
+      sources that were traced).
+
+    Graph and weights are untouched, so outputs are identical; the file gets smaller, no longer
+    leaks local paths, and is the same bytes wherever it is exported. Returns the bytes removed.
+    """
+    from pathlib import Path as _Path
+
+    path = _Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"strip_debug_info expected an existing .onnx or TorchScript .pt file, got {str(path)!r}")
+    before = path.stat().st_size
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        graphs = [model.graph]
+        while graphs:  # subgraphs of If/Loop nodes too
+            graph = graphs.pop()
+            for node in graph.node:
+                del node.metadata_props[:]
+                for attr in node.attribute:
+                    graphs.extend([attr.g] if attr.HasField("g") else [])
+                    graphs.extend(attr.graphs)
+        onnx.save(model, str(path))
+    elif path.suffix == ".pt":
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for info, data in entries:
+                if not info.filename.endswith(".debug_pkl"):
+                    archive.writestr(info, data)
+        path.write_bytes(buffer.getvalue())
+    else:
+        raise ValueError(f"strip_debug_info expected a file ending in .onnx or .pt, got {path.name!r}")
+    return before - path.stat().st_size
+
+
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, name: str, *, dynamic_batch: bool = True,
                 overwrite: bool = False, opset: int = 18) -> Path:
     """Export ``model`` with the current (torch.export-based) exporter to ``artifacts/<name>``.
 
-    Weights are stored inside the file (``external_data=False``): one self-contained file to ship.
+    Weights are stored inside the file (``external_data=False``): one self-contained file to ship,
+    with the exporter's per-node debug metadata removed (:func:`strip_debug_info`).
     One input called ``"input"``, one output called ``"logits"``; with ``dynamic_batch`` the first
     dimension is symbolic. Reuses an existing file unless ``overwrite``.
     """
@@ -37,6 +85,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, name: str, *, dyn
         model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, external_data=False, verbose=False,
     )
+    strip_debug_info(path)
     return path
 
 

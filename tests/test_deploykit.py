@@ -249,3 +249,36 @@ def test_export_onnx_works_whatever_forward_calls_its_argument(tmp_artifacts):
 def test_submodules_are_attributes():
     for name in ("quantize", "litert", "pitfalls", "netron", "checks"):
         assert getattr(dk, name).__name__ == f"deploykit.{name}"
+
+
+def test_strip_debug_info_removes_machine_paths_and_keeps_outputs(tmp_artifacts):
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    model = dk.DigitsCNN().eval()
+    x = torch.zeros(3, 1, 8, 8)
+    path = dk.artifact_path("raw.onnx")
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], dynamo=True, external_data=False, verbose=False)
+    assert any(n.metadata_props for n in onnx.load(str(path)).graph.node)
+    before = ort.InferenceSession(path).run(None, {"input": x.numpy()})[0]
+    assert dk.strip_debug_info(path) > 0
+    assert not any(n.metadata_props for n in onnx.load(str(path)).graph.node)
+    assert np.array_equal(before, ort.InferenceSession(path).run(None, {"input": x.numpy()})[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, x)
+    script_path = dk.artifact_path("traced.pt")
+    traced.save(str(script_path))
+    assert b".debug_pkl" in script_path.read_bytes()  # source maps with this machine's paths
+    assert dk.strip_debug_info(script_path) > 0 and b".debug_pkl" not in script_path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(torch.jit.load(str(script_path))(x), traced(x))
+    with pytest.raises(ValueError, match=".onnx or .pt"):
+        (tmp_artifacts / "m.tflite").write_bytes(b"x")
+        dk.strip_debug_info(tmp_artifacts / "m.tflite")
+    with pytest.raises(FileNotFoundError, match="existing .onnx"):
+        dk.strip_debug_info(tmp_artifacts / "missing.onnx")

@@ -47,6 +47,23 @@ def require(condition: bool, message: str) -> None:
         raise CheckFailed(message)
 
 
+def require_fair_benchmark(name: str, result, *, threads: int = 1, batch: int = 1,
+                           min_warmup: int = 1, min_repeats: int = 20) -> None:
+    """Inside a check: ``result`` is a ``dk.benchmark`` result taken at ``threads`` and ``batch``,
+    with at least ``min_warmup`` warm-up calls and ``min_repeats`` timed runs."""
+    from ..bench import BenchResult
+
+    require(isinstance(result, BenchResult), f"{name} should be what dk.benchmark returns, got {type(result).__name__}")
+    require(result.threads == threads, f"{name} records threads={result.threads}: set the runtime to {threads} thread(s) "
+            f"(torch.set_num_threads / intra_op_num_threads={threads}) and pass threads={threads} to dk.benchmark")
+    require(result.batch == batch, f"{name} records batch={result.batch}: time batches of {batch} and pass batch={batch}")
+    require(result.warmup >= min_warmup, f"{name} used {result.warmup} warm-up call(s): the first calls are slower "
+            f"(allocation, caches); use at least {min_warmup}")
+    require(result.repeats >= min_repeats, f"{name} has {result.repeats} timed runs: use at least {min_repeats} "
+            "for a stable median")
+    require(0 < result.median_ms < 1000, f"{name} median {result.median_ms} ms is not a plausible per-call time")
+
+
 def check(what: str) -> Callable:
     """Decorate a check body. It passes if it returns without raising :class:`CheckFailed`.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CheckFailed, check, require
+from . import CheckFailed, check, require, require_fair_benchmark
 
 SIZE_BUDGET_KB = 60.0
 MAX_DROP_POINTS = 1.0
@@ -115,19 +115,11 @@ def check_quantized(path, kind: str) -> None:
 @check("single-thread latency table")
 def check_latency(results: dict) -> None:
     """``results``: label -> ``dk.benchmark`` result for "fp32", "dynamic" and "static", 1 thread, batch 1."""
-    from ..bench import BenchResult
-
     require(isinstance(results, dict), f"expected a dict label -> BenchResult, got {type(results).__name__}")
     missing = {"fp32", "dynamic", "static"} - set(results)
     require(not missing, f"missing entries {sorted(missing)}: measure all three models")
-    for label, result in results.items():
-        require(isinstance(result, BenchResult), f"results[{label!r}] should be what dk.benchmark returns, got {type(result).__name__}")
-        require(result.threads == 1, f"results[{label!r}] records threads={result.threads}: set intra_op_num_threads=1 "
-                "and pass threads=1 to dk.benchmark (a phone-like single core)")
-        require(result.batch == 1, f"results[{label!r}] records batch={result.batch}: time one frame (batch=1)")
-        require(result.warmup >= 5, f"results[{label!r}] used {result.warmup} warm-up calls: use at least 5")
-        require(result.repeats >= 50, f"results[{label!r}] has {result.repeats} timed runs: use at least 50 for a stable median")
-        require(result.median_ms > 0, f"results[{label!r}] has a non-positive median")
+    for label, result in results.items():  # a phone-like single core, one frame at a time
+        require_fair_benchmark(f"results[{label!r}]", result, threads=1, batch=1, min_warmup=5, min_repeats=50)
 
 
 @check("budget met: size and accuracy")

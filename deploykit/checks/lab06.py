@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check, require
+from . import check, require, require_fair_benchmark
 
 TEST_ROWS = 20  # test images a check runs through the learner's model or function
 
@@ -116,16 +116,8 @@ def check_parity(ort_logits, litert_logits) -> None:
 
 @check("Exercise 4: latency measured fairly (1 thread, batch 1, warm-up, repeats)")
 def check_latency(ort_result, litert_result) -> None:
-    from ..bench import BenchResult
-
     for name, result in (("ort_result", ort_result), ("litert_result", litert_result)):
-        require(isinstance(result, BenchResult), f"{name} expected what dk.benchmark returns, got {type(result).__name__}")
-        require(result.threads == 1, f"{name} records threads={result.threads}: set the runtime to 1 thread "
-                                     "and pass threads=1 to dk.benchmark")
-        require(result.batch == 1, f"{name} records batch={result.batch}: time one image per call and pass batch=1")
-        require(result.warmup >= 1, f"{name} has no warm-up: the first calls are slower (allocation, caches); use warmup>=1")
-        require(result.repeats >= 20, f"{name} has {result.repeats} timed runs: use at least 20 and report the median")
-        require(0 < result.median_ms < 1000, f"{name} median {result.median_ms} ms is not a plausible per-image time")
+        require_fair_benchmark(name, result, threads=1, batch=1, min_warmup=1, min_repeats=20)
     require(ort_result.label != litert_result.label or not ort_result.label,
             "both results carry the same label: label them 'ONNX Runtime' and 'LiteRT'")
     require(ort_result is not litert_result, "you passed the same result twice")
