@@ -344,6 +344,10 @@ def wait_for_kernel(page) -> None:
     wait_until(page, "the kernel to start (status bar: '| Idle')", 90, lambda: page.evaluate(KERNEL_IDLE_JS))
 
 
+class RunAllTimeout(AssertionError):
+    """Run All Cells did not finish in time (the page stopped hearing back from the kernel)."""
+
+
 def run_all_cells(page, panel) -> list[str]:
     """Run > Run All Cells, as a learner would; wait until the kernel stops (done, or halted by an error)."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
@@ -360,7 +364,7 @@ def run_all_cells(page, panel) -> list[str]:
         wait_until(page, "Run All Cells to finish", RUN_ALL_S,
                    lambda: prompts(lambda ps: not any("*" in p for p in ps)) and page.evaluate(KERNEL_IDLE_JS))
     except AssertionError as error:
-        raise AssertionError(f"{error}; input prompts: {' '.join(page.evaluate(RUN_STATE_JS, handle)['prompts'])}") from None
+        raise RunAllTimeout(f"{error}; input prompts: {' '.join(page.evaluate(RUN_STATE_JS, handle)['prompts'])}") from None
     return page.evaluate(RUN_STATE_JS, handle)["prompts"]
 
 
@@ -473,13 +477,23 @@ def check_netron(page, panel, shots: Path) -> str:
 
 
 def test_notebook_in_jupyterlab(notebook, lab, browser):
+    """Run the notebook in the browser; a Run All that never finishes is retried once in a fresh
+    page (seen once in CI: the kernel went idle but the page never got the replies), and reported."""
+    try:
+        run_notebook_in_browser(notebook, lab, browser)
+    except RunAllTimeout as first:
+        print(f"retrying {notebook} once after: {first}")
+        run_notebook_in_browser(notebook, lab, browser, attempt=2)
+
+
+def run_notebook_in_browser(notebook, lab, browser, attempt: int = 1):
     source = ROOT / notebook
     nb = nbformat.read(source, as_version=4)
     expected = expected_features(nb)
     allowed = {i for i, cell in enumerate(nb.cells) if "raises-exception" in cell.get("metadata", {}).get("tags", [])}
     shots = ARTIFACTS / source.stem
     shots.mkdir(parents=True, exist_ok=True)
-    for old in shots.glob("*.png"):
+    for old in shots.glob("*.png") if attempt == 1 else ():
         old.unlink()
     tracked_before = source.read_bytes()
     copy = clean_copy(source, nb)
@@ -513,8 +527,8 @@ def test_notebook_in_jupyterlab(notebook, lab, browser):
             report.append(check_netron(page, panel, shots))
         print("\n".join(report))
     except Exception:
-        page.screenshot(path=str(shots / "failure.png"))
-        (shots / "console-errors.txt").write_text("\n".join(console))
+        page.screenshot(path=str(shots / f"failure-attempt{attempt}.png"))
+        (shots / f"console-errors-attempt{attempt}.txt").write_text("\n".join(console))
         raise
     finally:
         page.close()
