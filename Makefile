@@ -17,7 +17,7 @@ help:
 	@echo "make lab              install if needed, then open JupyterLab on the course index (Ctrl-C twice to stop)"
 	@echo "make test             install if needed, then run the README's test command: pytest --nbval"
 	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran)"
-	@echo "make profile          wall time and peak memory of every notebook -> docs/profile.md"
+	@echo "make profile          wall time and peak memory of every notebook, warm and cold cache -> docs/profile*.md"
 	@echo "make clean-artifacts  delete generated models in artifacts/"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
@@ -44,6 +44,7 @@ check-labs: install
 
 profile: install
 	$(BIN)/python tools/profile_notebooks.py --output docs/profile.md
+	$(BIN)/python tools/profile_notebooks.py --cold --output docs/profile-cold.md
 
 clean-artifacts:
 	rm -rf artifacts
