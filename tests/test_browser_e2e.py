@@ -62,7 +62,7 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
 }
 SERVER_START_S = 120
-RUN_ALL_S = 180
+RUN_ALL_S = 90  # a normal Run All takes 10-20 s here
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 pytestmark = pytest.mark.browser
