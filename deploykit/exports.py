@@ -26,9 +26,7 @@ def strip_debug_info(path) -> int:
     Graph and weights are untouched, so outputs are identical; the file gets smaller, no longer
     leaks local paths, and is the same bytes wherever it is exported. Returns the bytes removed.
     """
-    from pathlib import Path as _Path
-
-    path = _Path(path)
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"strip_debug_info expected an existing .onnx or TorchScript .pt file, got {str(path)!r}")
     before = path.stat().st_size

@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import nbformat
 import pytest
@@ -64,6 +64,8 @@ LAB_SETTINGS = {
 SERVER_START_S = 120
 RUN_ALL_S = 90  # a normal Run All takes 10-20 s here
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+LAUNCH_ENV = dict(os.environ)  # snapshot at import: tests/test_browser_e2e.py is collected first
+OFF_MACHINE = re.compile(r"^(https?|wss?)://(?!(127\.0\.0\.1|localhost)[:/])")
 
 pytestmark = pytest.mark.browser
 
@@ -151,7 +153,9 @@ class LabServer:
             path = settings / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values))
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        # The environment as it was before other test modules imported torch, TensorFlow & co.
+        # (they set variables of their own): `make lab` runs as if from the learner's shell.
+        env = {k: v for k, v in LAUNCH_ENV.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         env.update(
             JUPYTER_CONFIG_DIR=str(self.home / "config"), JUPYTER_RUNTIME_DIR=str(self.runtime),
             JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(self.home / "workspaces"),
@@ -248,13 +252,9 @@ def lab(tmp_path_factory):
 def browser(tmp_path_factory):
     blocked: list[str] = []
 
-    def loopback_only(route):
-        host = urlsplit(route.request.url).hostname
-        if host in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:  # nothing leaves this machine (Netron would ask a geo-IP service, for instance)
-            blocked.append(route.request.url)
-            route.abort()
+    def block(route):  # nothing leaves this machine (Netron would ask a geo-IP service, for instance)
+        blocked.append(route.request.url)
+        route.abort()
 
     playwright = sync_api.sync_playwright().start()
     try:
@@ -263,7 +263,9 @@ def browser(tmp_path_factory):
             args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900}, timeout=60_000,
         )
         try:
-            context.route("**/*", loopback_only)
+            # Only requests to other hosts are routed to Python: the pattern is matched in the driver,
+            # so JupyterLab's own loopback traffic never waits for this (sync) process to serve it.
+            context.route(OFF_MACHINE, block)
             yield context
         finally:
             context.close()

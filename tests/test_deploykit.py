@@ -277,8 +277,8 @@ def test_strip_debug_info_removes_machine_paths_and_keeps_outputs(tmp_artifacts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert torch.equal(torch.jit.load(str(script_path))(x), traced(x))
+    (tmp_artifacts / "m.tflite").write_bytes(b"x")
     with pytest.raises(ValueError, match=".onnx or .pt"):
-        (tmp_artifacts / "m.tflite").write_bytes(b"x")
         dk.strip_debug_info(tmp_artifacts / "m.tflite")
     with pytest.raises(FileNotFoundError, match="existing .onnx"):
         dk.strip_debug_info(tmp_artifacts / "missing.onnx")
