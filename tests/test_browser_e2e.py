@@ -473,6 +473,10 @@ def check_netron(page, panel, shots: Path) -> str:
             message.click()
             consent = " (after accepting Netron's cookie notice)"
         nodes.first.wait_for(state="visible", timeout=60_000)
+        # Netron draws the graph under its splash screen, then swaps the page's class from
+        # "welcome spinner" to "default": only then does a person see the graph.
+        frame.locator("body.default").wait_for(state="attached", timeout=60_000)
+        assert not frame.locator("body.welcome").count(), "Netron still shows its splash screen over the graph"
     finally:
         page.screenshot(path=str(shots / "4-netron.png"))
     return f"Netron at {src} drew {nodes.count()} node(s){consent}"
