@@ -14,9 +14,11 @@ LAB_ARGS ?=
 .PHONY: help install lab test labs check-labs profile clean-artifacts
 
 help:
-	@echo "make lab              install if needed, then open JupyterLab on the course index (Ctrl-C twice to stop)"
+	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
 	@echo "make test             install if needed, then run the README's test command: pytest --nbval"
-	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran)"
+	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran;"
+	@echo "                      FORCE=1 overwrites it after a backup in labs/.backup/)"
+	@echo "make check-labs       fail if labs/ is stale or leaks solution code"
 	@echo "make profile          wall time and peak memory of every notebook, warm and cold cache -> docs/profile*.md"
 	@echo "make clean-artifacts  delete generated models in artifacts/"
 
@@ -37,7 +39,7 @@ test: install
 	$(BIN)/python -m pytest --nbval
 
 labs: install
-	$(BIN)/python tools/make_labs.py
+	$(BIN)/python tools/make_labs.py $(if $(FORCE),--force)
 
 check-labs: install
 	$(BIN)/python tools/make_labs.py --check
