@@ -182,6 +182,23 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def _io_details(interpreter) -> tuple[dict, dict, tuple[int, ...]]:
+    """(input detail, output detail, input shape) of a one-input, one-output model, read once."""
+    if not hasattr(interpreter, "get_input_details"):
+        raise TypeError(f"expected a LiteRT Interpreter (see load_interpreter), got {type(interpreter).__name__}")
+    io_details = getattr(interpreter, "_deploykit_io", None)
+    if io_details is None:  # get_*_details builds fresh dicts on every call: read them once per interpreter
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"expected a LiteRT model with one input and one output, got {len(inputs)} and {len(outputs)}")
+        io_details = (inputs[0], outputs[0], tuple(int(d) for d in inputs[0]["shape"]))
+        try:
+            interpreter._deploykit_io = io_details
+        except AttributeError:
+            pass
+    return io_details
+
+
 def run_tflite(interpreter, x) -> np.ndarray:
     """Run a one-input, one-output LiteRT model on ``x`` and return the output as float32.
 
@@ -195,17 +212,7 @@ def run_tflite(interpreter, x) -> np.ndarray:
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"run_tflite expected a numpy float32 array, got {type(x).__name__}")
-    io_details = getattr(interpreter, "_deploykit_io", None)
-    if io_details is None:  # get_*_details builds fresh dicts on every call: read them once per interpreter
-        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"run_tflite expected a model with one input and one output, got {len(inputs)} and {len(outputs)}")
-        io_details = (inputs[0], outputs[0], tuple(int(d) for d in inputs[0]["shape"]))
-        try:
-            interpreter._deploykit_io = io_details
-        except AttributeError:
-            pass
-    inp, out, expected = io_details
+    inp, out, expected = _io_details(interpreter)
     if x.dtype != np.float32:
         raise ValueError(f"input dtype {x.dtype} does not match: expected float32 (convert with x.astype(np.float32))")
     if x.shape == expected:
@@ -229,7 +236,33 @@ def run_tflite(interpreter, x) -> np.ndarray:
     return results[0] if len(results) == 1 else np.concatenate(results, axis=0)
 
 
+def invoke_call(interpreter, x):
+    """A zero-argument function that runs ``interpreter`` on ``x`` the way an app calls it:
+    ``set_tensor``, ``invoke``, ``get_tensor``, nothing else.
+
+    ``x`` (float32, exactly the model's input shape) is converted to the model's input type once,
+    here: quantised with the model's scale and zero point for an int8 input. Timing the returned
+    function therefore measures the runtime, not NumPy (:func:`run_tflite` quantises and
+    dequantises on every call, which is convenient for comparing outputs but not for timing).
+    The function returns the raw output tensor (int8 for an int8 output).
+    """
+    inp, out, expected = _io_details(interpreter)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise ValueError(f"invoke_call expected a float32 numpy array, got {getattr(x, 'dtype', type(x).__name__)}")
+    if tuple(x.shape) != expected:
+        raise ValueError(f"input shape {tuple(x.shape)} does not match: expected {expected}")
+    ready = _quantize(x, inp) if np.issubdtype(inp["dtype"], np.integer) else np.ascontiguousarray(x)
+    in_index, out_index = inp["index"], out["index"]
+
+    def call() -> np.ndarray:
+        interpreter.set_tensor(in_index, ready)
+        interpreter.invoke()
+        return interpreter.get_tensor(out_index)
+
+    return call
+
+
 __all__ = [
-    "CALIBRATION_SAMPLES", "DIGITS_TFLITE_FILES", "convert_to_tflite", "digits_tflite", "load_interpreter",
-    "quantize_tflite", "run_tflite",
+    "CALIBRATION_SAMPLES", "DIGITS_TFLITE_FILES", "convert_to_tflite", "digits_tflite", "invoke_call",
+    "load_interpreter", "quantize_tflite", "run_tflite",
 ]

@@ -95,3 +95,30 @@ def test_convert_to_tflite_argument_checks():
         litert.convert_to_tflite(model, (dk.digits_example_input(1),), "digits.onnx")
     with pytest.raises(TypeError, match="tuple of tensors"):
         litert.convert_to_tflite(model, dk.digits_example_input(1), "digits_bad.tflite")
+
+
+@pytest.mark.parametrize("quant", [None, "int8"])
+def test_invoke_call_gives_run_tflites_answer_without_numpy_per_call(quant, split):
+    """The timing-friendly call returns the runtime's raw output: dequantised, it is run_tflite's."""
+    interpreter = litert.load_interpreter(litert.digits_tflite(quant), num_threads=1)
+    one = split.x_test[:1]
+    raw = litert.invoke_call(interpreter, one)()
+    output = interpreter.get_output_details()[0]
+    if quant is None:
+        assert raw.dtype == np.float32
+        got = raw
+    else:
+        assert raw.dtype == np.int8  # full int8: int8 in, int8 out
+        scale, zero_point = output["quantization"]
+        got = (raw.astype(np.float32) - zero_point) * scale
+    np.testing.assert_allclose(got, litert.run_tflite(interpreter, one), rtol=0, atol=1e-6)
+
+
+def test_invoke_call_names_what_it_expected(fp32_path, split):
+    interpreter = litert.load_interpreter(fp32_path)
+    with pytest.raises(ValueError, match=r"expected \(1, 1, 8, 8\)"):
+        litert.invoke_call(interpreter, split.x_test[:2])
+    with pytest.raises(ValueError, match="float32"):
+        litert.invoke_call(interpreter, split.x_test[:1].astype(np.float64))
+    with pytest.raises(TypeError, match="LiteRT Interpreter"):
+        litert.invoke_call("digits_cnn.tflite", split.x_test[:1])
