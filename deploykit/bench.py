@@ -28,12 +28,10 @@ class BenchResult:
         return asdict(self)
 
     def __str__(self) -> str:
-        threads = "?" if self.threads is None else self.threads
-        batch = "?" if self.batch is None else self.batch
-        return (
-            f"{self.label}: median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms "
-            f"(batch {batch}, {threads} thread(s), {self.repeats} runs after {self.warmup} warm-up)"
-        )
+        stated = [f"batch {self.batch}"] if self.batch is not None else []  # what the caller did not state is left out
+        stated += [f"{self.threads} thread(s)"] if self.threads is not None else []
+        stated.append(f"{self.repeats} runs after {self.warmup} warm-up")
+        return f"{self.label}: median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms ({', '.join(stated)})"
 
 
 def percentile(samples: list[float], q: float) -> float:

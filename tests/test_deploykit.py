@@ -80,6 +80,8 @@ def test_benchmark_counts_warmup_and_repeats():
     assert len(calls) == 10 and result.repeats == 7 and result.warmup == 3
     assert 0 <= result.min_ms <= result.median_ms <= result.p90_ms
     assert "batch 2, 1 thread(s)" in str(result)
+    unstated = str(dk.benchmark(lambda: None, warmup=0, repeats=1, label="open"))
+    assert unstated.endswith("(1 runs after 0 warm-up)") and "?" not in unstated
     with pytest.raises(TypeError, match="callable"):
         dk.benchmark(42)
     with pytest.raises(ValueError, match="repeats"):
