@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,10 +41,35 @@ def base_url() -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
+_BUILD_DATE = re.compile(rb'<meta name="date" content="[^"]*">\s*')
+
+
+def _serve_without_build_date() -> None:
+    """Netron's page compares its build date with the browser's clock and, 180 days after the
+    build, shows "Please update to the newest version" forever instead of the graph (it assumes it
+    can fetch a newer Netron). The course pins netron and runs offline, so the page is served
+    without its build date; Netron then treats the build as current. Idempotent."""
+    from netron import server
+
+    handler = server._HTTPRequestHandler
+    if getattr(handler, "_deploykit_undated", False):
+        return
+    write = handler._write
+
+    def _write(self, status_code, content_type, content):
+        if content_type == "text/html" and content:
+            content = _BUILD_DATE.sub(b"", content)
+        return write(self, status_code, content_type, content)
+
+    handler._write = _write
+    handler._deploykit_undated = True
+
+
 def serve(path) -> int:
     """Start (or reuse) a Netron server for ``path`` on 127.0.0.1 and return its port."""
     import netron
 
+    _serve_without_build_date()
     key = str(Path(path).resolve())
     if key not in _servers:
         # netron.serve calls logging.basicConfig(level=INFO) when the root logger has no handler,

@@ -165,6 +165,21 @@ def test_show_netron_serves_the_model_and_draws_a_fallback(digits_onnx_file, mon
         dk.show_netron("model.pth")
 
 
+def test_netron_page_is_served_without_its_build_date(digits_onnx_file):
+    """Netron asks to "update to the newest version" forever once its build date is 180 days old;
+    the course's pinned, offline Netron must keep drawing graphs after that."""
+    import urllib.request
+    from pathlib import Path
+
+    import netron
+
+    on_disk = (Path(netron.__file__).parent / "index.html").read_text()
+    assert '<meta name="date"' in on_disk  # what the page would age against
+    with urllib.request.urlopen(f"http://127.0.0.1:{dk.netron.serve(digits_onnx_file)}/", timeout=10) as response:
+        served = response.read().decode()
+    assert '<meta name="version"' in served and '<meta name="date"' not in served
+
+
 def test_export_onnx_validates_name_and_example(tmp_artifacts):
     with pytest.raises(ValueError, match="ending in .onnx"):
         dk.export_onnx(dk.DigitsCNN(), torch.zeros(1, 1, 8, 8), "model.tflite")
