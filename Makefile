@@ -11,7 +11,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
-.PHONY: help install lab test labs check-labs profile clean-artifacts
+.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model
 
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
@@ -20,7 +20,8 @@ help:
 	@echo "                      FORCE=1 overwrites it after a backup in labs/.backup/)"
 	@echo "make check-labs       fail if labs/ is stale or leaks solution code"
 	@echo "make profile          wall time and peak memory of every notebook, warm and cold cache -> docs/profile*.md"
-	@echo "make clean-artifacts  delete generated models in artifacts/"
+	@echo "make clean-artifacts  delete generated models in artifacts/ (do this after updating the course)"
+	@echo "make reference-model  maintainers: retrain the shipped digits model (deploykit/assets/) and update its hash"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; print(f"Using Python {v[0]}.{v[1]} at {sys.executable}"); sys.exit(0 if v == (3, 11) else print("warning: the course is pinned and tested on Python 3.11") or 0)'
@@ -50,3 +51,6 @@ profile: install
 
 clean-artifacts:
 	rm -rf artifacts
+
+reference-model: install
+	$(BIN)/python tools/make_reference_model.py --force

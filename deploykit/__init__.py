@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_digits_split": "data", "load_sample_image": "data", "sample_image_path": "data",
     "preprocess_imagenet": "data", "DigitsSplit": "data",
-    "DigitsCNN": "models", "train_digits_model": "models", "digits_model": "models",
+    "DigitsCNN": "models", "train_digits_model": "models", "digits_model": "models", "reference_accuracy": "models", "reference_checkpoint": "models",
     "digits_example_input": "models", "torchvision_model": "models", "torchvision_names": "models",
     "accuracy": "models", "count_parameters": "models",
     "benchmark": "bench", "BenchResult": "bench", "machine_info": "bench", "print_machine_info": "bench",

@@ -87,9 +87,35 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, name: str, *, dyn
     return path
 
 
+WEIGHTS_KEY = "deploykit.weights_sha256"
+
+
+def _weights_tag(path: Path) -> str | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == WEIGHTS_KEY), None)
+
+
 def digits_onnx(overwrite: bool = False) -> Path:
-    """The course's digits CNN as ONNX (dynamic batch): ``artifacts/digits_cnn.onnx``."""
-    return export_onnx(digits_model(), digits_example_input(2), "digits_cnn.onnx", overwrite=overwrite)
+    """The course's reference digits CNN as ONNX (dynamic batch): ``artifacts/digits_cnn.onnx``.
+
+    The file records the SHA-256 of the checkpoint it came from (``metadata_props``), so a cached
+    export made from other weights (an older course version) is exported again.
+    """
+    from .models import REFERENCE_SHA256
+
+    path = artifact_path("digits_cnn.onnx")
+    if path.exists() and not overwrite and _weights_tag(path) == REFERENCE_SHA256:
+        return path
+    path = export_onnx(digits_model(), digits_example_input(2), "digits_cnn.onnx", overwrite=True)
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = WEIGHTS_KEY, REFERENCE_SHA256
+    onnx.save(model, str(path))
+    return path
 
 
 def resnet18_onnx(overwrite: bool = False) -> Path:

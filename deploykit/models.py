@@ -1,6 +1,16 @@
 """The course's models: a small digits CNN trained in seconds, and torchvision architectures.
 
-No weights are ever downloaded: the digits model is trained here and cached in ``artifacts/``;
+No weights are ever downloaded. The digits model comes in two forms:
+
+* :func:`digits_model` loads the **reference checkpoint shipped inside this package**
+  (``deploykit/assets/digits_cnn.pth``, its SHA-256 checked on load). Every notebook after lecture 01
+  uses it, so every learner deploys the very same weights: float32 training is not bit-identical
+  across CPUs (AVX-512 vs AVX2 kernels sum in another order), and a model trained on each machine
+  would move every figure downstream of its weights.
+* :func:`train_digits_model` trains the same architecture live in a few seconds (lecture 01, the
+  "training framework" end of the pipeline) and caches it in ``artifacts/``.
+
+``tools/make_reference_model.py`` (``make reference-model``) regenerates the shipped checkpoint.
 torchvision architectures are built with ``weights=None`` (random, seeded): weights do not change
 a graph, its size or its speed.
 """
@@ -10,6 +20,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +30,11 @@ from .data import DIGITS_SHAPE, load_digits_split
 from .paths import artifact_path
 
 TRAIN_CONFIG = {"epochs": 15, "batch_size": 64, "lr": 3e-3, "seed": 0}
+
+#: The course's reference digits model, shipped with the package (``make reference-model`` rewrites
+#: the file and this hash together).
+REFERENCE_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "digits_cnn.pth"
+REFERENCE_SHA256 = "89fe789efddaa93d6eb45ddc86f256d40cad706cda1bb76bd93610c0dc8e9ebb"
 
 
 class DigitsCNN(nn.Module):
@@ -126,9 +142,44 @@ def train_digits_model(retrain: bool = False, **overrides) -> TrainResult:
     return TrainResult(model, accuracy(model, split.x_test, split.y_test), losses, seconds, str(checkpoint))
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, as hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def reference_checkpoint() -> Path:
+    """Path of the shipped reference checkpoint, after checking that its bytes are the released ones."""
+    path = REFERENCE_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the course's reference digits model is missing: expected {path}. It ships with the "
+            "repository (git checkout -- deploykit/assets/digits_cnn.pth restores it)."
+        )
+    digest = file_sha256(path)
+    if digest != REFERENCE_SHA256:
+        raise ValueError(
+            f"{path.name} has SHA-256 {digest[:12]}..., expected {REFERENCE_SHA256[:12]}...: the file was "
+            "changed. Restore it with `git checkout -- deploykit/assets/digits_cnn.pth`, or, if you "
+            "maintain the course and meant to change it, run `make reference-model`."
+        )
+    return path
+
+
 def digits_model() -> DigitsCNN:
-    """The trained course model in eval mode (trained once, then loaded from the cache)."""
-    return train_digits_model().model
+    """The course's reference digits model in eval mode: the checkpoint shipped with deploykit.
+
+    The same weights on every machine, so every figure downstream of them (exports, quantisation
+    scales, accuracies) is the same wherever the course runs. :func:`train_digits_model` trains one live.
+    """
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(reference_checkpoint(), weights_only=True))
+    return model.eval()
+
+
+def reference_accuracy() -> float:
+    """Top-1 accuracy of :func:`digits_model` on the digits test split (360 images)."""
+    split = load_digits_split()
+    return accuracy(digits_model(), split.x_test, split.y_test)
 
 
 def digits_example_input(batch: int = 1) -> torch.Tensor:
@@ -169,5 +220,6 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "DIGITS_SHAPE", "DigitsCNN", "TrainResult", "accuracy", "count_parameters", "digits_example_input",
-    "digits_model", "torchvision_model", "torchvision_names", "train_digits_model",
+    "digits_model", "file_sha256", "reference_accuracy", "reference_checkpoint", "REFERENCE_SHA256",
+    "torchvision_model", "torchvision_names", "train_digits_model",
 ]
