@@ -105,6 +105,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_ISA_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma", "sse4_2", "asimddp", "asimd", "sve", "i8mm")
+
+
+def cpu_features() -> list[str]:
+    """The instruction-set features that decide which kernels run here (x86: AVX2, AVX-512, VNNI;
+    ARM: NEON ``asimd``, dot-product ``asimddp``, ``i8mm``), read from /proc/cpuinfo on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [flag for flag in _ISA_FLAGS if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict:
     """What a benchmark ran on: CPU, cores, Python, default thread counts, library versions."""
     info = {
@@ -113,12 +130,14 @@ def machine_info() -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
+        "cpu_features": " ".join(cpu_features()) or "unknown",
     }
     try:
         import torch
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_kernels"] = torch.backends.cpu.get_cpu_capability()  # the ISA PyTorch dispatches to
     except ImportError:
         pass
     from importlib import metadata
