@@ -16,6 +16,8 @@ LAB_ARGS ?=
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
 	@echo "make test             install if needed, then run the README's test command: pytest --nbval"
+	@echo "make install          only create .venv and install the pinned packages (then .venv/bin/jupyter lab, or pick"
+	@echo "                      .venv/bin/python as the kernel in your editor)"
 	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran;"
 	@echo "                      FORCE=1 overwrites it after a backup in labs/.backup/)"
 	@echo "make check-labs       fail if labs/ is stale or leaks solution code"
