@@ -1,0 +1,144 @@
+"""tools/grade.py on sample submissions made here: complete, partly wrong, crashing, endless,
+malformed, tampered, and a lab from another week. The grade table is asserted."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = "lab01_inspect_graph"
+MARKER = re.compile(r"^\s*#+\s*(BEGIN|END) SOLUTION\s*$|<!--\s*(BEGIN|END) SOLUTION\s*-->", re.M)
+
+
+def load_grader():
+    spec = importlib.util.spec_from_file_location("grade", ROOT / "tools" / "grade.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["grade"] = module   # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def filled_lab(lab: str = LAB):
+    """The handed-out lab with every exercise filled in from the worked solution, as a learner would."""
+    handed_out = nbformat.read(ROOT / "labs" / f"{lab}.ipynb", as_version=4)
+    solution = [cell for cell in nbformat.read(ROOT / "solutions" / f"{lab}.ipynb", as_version=4).cells
+                if "solution-only" not in cell.metadata.get("tags", [])]
+    assert len(solution) == len(handed_out.cells), "labs/ is stale: run make labs"
+    for cell, answer in zip(handed_out.cells, solution):
+        if "# YOUR CODE HERE" in cell.source or "*Your answer here.*" in cell.source:
+            cell.source = MARKER.sub("", answer.source)
+    return handed_out
+
+
+def exercise_cells(nb) -> list[int]:
+    handed_out = nbformat.read(ROOT / "labs" / f"{LAB}.ipynb", as_version=4)
+    return [i for i, cell in enumerate(handed_out.cells) if cell.cell_type == "code" and "# YOUR CODE HERE" in cell.source]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    grader = load_grader()
+    folder = tmp_path_factory.mktemp("submissions")
+    out = tmp_path_factory.mktemp("grades")
+    samples = {}
+
+    complete = filled_lab()
+    samples["ada"] = complete
+
+    partly_wrong = filled_lab()
+    first = exercise_cells(partly_wrong)[0]
+    # a count_ops that forgets to count (a learner's mistake); the other exercises are right
+    partly_wrong.cells[first].source += "\n\n\ndef count_ops(graph):\n    return {}\n"
+    samples["ben"] = partly_wrong
+
+    samples["cat"] = nbformat.read(ROOT / "labs" / f"{LAB}.ipynb", as_version=4)   # nothing filled in: crashes
+
+    endless = filled_lab()
+    endless.cells[exercise_cells(endless)[-1]].source += "\nwhile True:\n    pass\n"
+    samples["dan"] = endless
+
+    tampered = filled_lab()
+    check_cell = next(i for i, c in enumerate(tampered.cells) if c.cell_type == "code" and "lab01.check_" in c.source)
+    tampered.cells[check_cell].source = 'print("[PASS] looks fine")'
+    samples["eve"] = tampered
+
+    for learner, nb in samples.items():
+        (folder / learner).mkdir()
+        nbformat.write(nb, folder / learner / f"{LAB}.ipynb")
+    (folder / "fay").mkdir()
+    (folder / "fay" / f"{LAB}.ipynb").write_text("{ this is not json", encoding="utf-8")
+    (folder / "gus").mkdir()
+    shutil.copyfile(ROOT / "labs" / "lab02_tracing_pitfalls.ipynb", folder / "gus" / "lab02_tracing_pitfalls.ipynb")
+
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert grader.main([str(folder), "--lab", "lab01", "--out", str(out), "--cell-timeout", "20", "--timeout", "120"]) == 0
+    after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    with (out / "lab01.csv").open(encoding="utf-8") as handle:
+        rows = {row["learner"]: row for row in csv.DictReader(handle)}
+    return rows, before, after, out
+
+
+def test_grader_never_modifies_a_submission(graded):
+    _, before, after, _ = graded
+    assert before == after
+
+
+def test_complete_submission_scores_full_marks(graded):
+    rows, *_ = graded
+    assert rows["ada"]["score"] == "1.00" and rows["ada"]["status"] == "ok" and rows["ada"]["first error"] == ""
+
+
+def test_partly_wrong_submission_gets_partial_credit_with_the_hint(graded):
+    rows, *_ = graded
+    row = rows["ben"]
+    assert 0 < float(row["score"]) < 1 and row["check_count_ops(count_ops)"] == "HINT"
+
+
+def test_crashing_submission_names_its_first_error(graded):
+    rows, *_ = graded
+    row = rows["cat"]
+    assert row["score"] == "0.00" and row["status"] == "crashed" and "NotImplementedError" in row["first error"]
+
+
+def test_endless_submission_is_stopped(graded):
+    rows, *_ = graded
+    assert rows["dan"]["status"].startswith("timeout")
+
+
+def test_tampered_checks_score_nothing(graded):
+    rows, *_ = graded
+    row = rows["eve"]
+    assert row["status"].startswith("tampered") and "tampered" in row.values()
+    assert float(row["score"]) < float(rows["ada"]["score"])
+
+
+def test_malformed_file_and_wrong_week_get_their_own_rows(graded):
+    rows, *_ = graded
+    assert rows["fay"]["status"].startswith("not a notebook")
+    assert rows["gus"]["status"] == "wrong lab: this is lab02, graded lab01"
+
+
+def test_markdown_summary_and_executed_copies_are_written(graded):
+    _, _, _, out = graded
+    text = (out / "lab01.md").read_text(encoding="utf-8")
+    assert text.startswith("# lab01: 7 submission(s)") and "| ada |" in text
+    assert (out / "executed" / "ada__lab01.ipynb").exists()
+
+
+def test_grader_refuses_bad_arguments(tmp_path, capsys):
+    grader = load_grader()
+    with pytest.raises(SystemExit):
+        grader.main([str(tmp_path / "missing")])
+    (tmp_path / "a.ipynb").write_text("{}", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        grader.main([str(tmp_path), "--lab", "week5"])
+    with pytest.raises(SystemExit):
+        grader.main([str(tmp_path), "--out", str(tmp_path / "grades")])
+    assert "--out must not be" in capsys.readouterr().err
