@@ -11,7 +11,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
-.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model grade
+.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model grade install-instructor
 
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
@@ -23,6 +23,7 @@ help:
 	@echo "make check-labs       fail if labs/ is stale or leaks solution code"
 	@echo "make profile          wall time and peak memory of every notebook, warm and cold cache -> docs/profile*.md"
 	@echo "make clean-artifacts  delete generated models in artifacts/ (do this after updating the course)"
+	@echo "make install-instructor  add nbgrader (requirements-instructor.txt) for classes that grade with it"
 	@echo "make grade SUBMISSIONS=dir [LAB=lab05]  instructors: run every submitted lab, write grade tables to grades/"
 	@echo "make reference-model  maintainers: retrain the shipped digits model (deploykit/assets/) and update its hash"
 
@@ -61,3 +62,6 @@ reference-model: install
 grade: install
 	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=path/to/submissions [LAB=lab05]"; exit 2)
 	$(BIN)/python tools/grade.py "$(SUBMISSIONS)" $(if $(LAB),--lab $(LAB))
+
+install-instructor: install
+	$(BIN)/python -m pip install --quiet -r requirements-instructor.txt -c requirements-lock.txt
