@@ -11,11 +11,14 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
-.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model grade install-instructor
+.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model grade install-instructor test-portable test-isa
 
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
 	@echo "make test             install if needed, then run the README's test command: pytest --nbval"
+	@echo "make test-portable    the numerically sensitive notebooks, strict nbval, kernel on an emulated CPU (qemu-user;"
+	@echo "                      slow, see docs/portability.md); PORTABLE_ARGS=\"--cold notebooks/05_x.ipynb\" for options"
+	@echo "make test-isa         the same notebooks natively, PyTorch/oneDNN forced one instruction set down"
 	@echo "make install          only create .venv and install the pinned packages (then .venv/bin/jupyter lab, or pick"
 	@echo "                      .venv/bin/python as the kernel in your editor)"
 	@echo "make labs             regenerate labs/ from solutions/ (refuses to overwrite a lab you edited or ran;"
@@ -42,6 +45,12 @@ lab: install
 
 test: install
 	$(BIN)/python -m pytest --nbval
+
+test-portable: install
+	$(BIN)/python tools/portable_check.py $(PORTABLE_ARGS)
+
+test-isa: install
+	$(BIN)/python tools/portable_check.py --native-isa $(PORTABLE_ARGS)
 
 labs: install
 	$(BIN)/python tools/make_labs.py $(if $(FORCE),--force)
