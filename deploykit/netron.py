@@ -11,6 +11,10 @@ it depends on where JupyterLab runs:
 
 Every view also draws the graph with matplotlib (the static fallback), so a saved or exported
 notebook, or a viewer without JavaScript, still shows the graph.
+
+What is served is Netron's own web UI from the pinned ``netron`` package, rewritten so that it runs
+offline and sends nothing off this machine: no geo-IP lookup, no cookie notice, no Google Analytics,
+and a ``Content-Security-Policy`` (``connect-src 'self'``) on every response (see ``_serve_privately``).
 """
 from __future__ import annotations
 
@@ -43,33 +47,88 @@ def base_url() -> str:
 
 _BUILD_DATE = re.compile(rb'<meta name="date" content="[^"]*">\s*')
 
+# What Netron's page would send off this machine, and what the course serves instead.
+# Netron's web UI (netron 9.3.3, browser.js, browser.Host.view) runs, at start-up:
+#   consent():   a geo-IP lookup, fetch("https://ipinfo.io/json"), then (in Europe, or when that
+#                lookup fails, as offline) the notice "This app uses cookies to report errors and
+#                anonymous usage information" with an Accept button;
+#   telemetry(): once the notice is accepted, Google Analytics 4 (base.js, base.Telemetry.send:
+#                navigator.sendBeacon("https://analytics.google.com/g/collect?...")): the page's URL,
+#                its referrer (the notebook's URL in JupyterLab, with the notebook's file name), title,
+#                language, screen size, a client id kept in the cookies _ga / _ga<id>, then events:
+#                model_open (format, producer), graph_view (node count), errors with their messages.
+# The served JavaScript skips both calls (so no notice, no lookup, no analytics session: every
+# Telemetry.send is then a no-op), tracking endpoints are replaced wherever they appear, and every
+# response carries a Content-Security-Policy that lets the page connect to its own origin only.
+_JS_CALLS_REMOVED = (b"await consent();", b"await telemetry();")  # in browser.js
+TRACKING_HOSTS = ("analytics.google.com", "google-analytics.com", "googletagmanager.com", "doubleclick.net",
+                  "ipinfo.io")
+# A URL on one of those hosts, up to a quote, a space, a ${...} or a ")" (the code stays valid).
+_TRACKING_URL = re.compile(
+    rb"https?://(?:[\w-]+\.)*(?:" + b"|".join(re.escape(h.encode()) for h in TRACKING_HOSTS) + rb")[^'\"`\s$)]*")
+# 'self' is the page's own origin: Netron's server (direct mode), the Jupyter server that proxies it
+# (proxy mode) or Colab's kernel-port proxy. fetch, XMLHttpRequest, sendBeacon and WebSocket obey
+# connect-src; scripts, workers, styles, images and fonts come from the page's origin too.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self'; script-src 'self'; worker-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",  # a clicked link (Netron's GitHub logo) does not carry the page's URL
+}
 
-def _serve_without_build_date() -> None:
-    """Netron's page compares its build date with the browser's clock and, 180 days after the
-    build, shows "Please update to the newest version" forever instead of the graph (it assumes it
-    can fetch a newer Netron). The course pins netron and runs offline, so the page is served
-    without its build date; Netron then treats the build as current. Idempotent."""
+
+def _rewrite(content_type: str, content: bytes) -> bytes:
+    """What deploykit serves in place of Netron's own page and scripts (see the comment above)."""
+    if content_type == "text/html":
+        content = _BUILD_DATE.sub(b"", content)
+    if content_type in ("text/html", "text/javascript"):
+        for call in _JS_CALLS_REMOVED:
+            content = content.replace(call, b"/* " + call[len(b"await "):-1] + b": removed by deploykit */")
+        content = _TRACKING_URL.sub(b"about:blank", content)
+    return content
+
+
+def _serve_privately() -> None:
+    """Patch Netron's request handler (once per process) so that what it serves runs offline and
+    sends nothing off this machine:
+
+    * the page without its build date: Netron compares it with the browser's clock and, 180 days
+      after the build, shows "Please update to the newest version" forever instead of the graph (it
+      assumes it can fetch a newer Netron); the course pins netron, so the build is treated as current;
+    * no geo-IP lookup, no cookie notice, no Google Analytics (:func:`_rewrite`);
+    * a ``Content-Security-Policy`` header (``connect-src 'self'``) on every response, the second
+      line: the browser refuses any request to another host that Netron's code might still make.
+    """
     from netron import server
 
     handler = server._HTTPRequestHandler
-    if getattr(handler, "_deploykit_undated", False):
+    if getattr(handler, "_deploykit_private", False):
         return
-    write = handler._write
+    write, end_headers = handler._write, handler.end_headers
 
     def _write(self, status_code, content_type, content):
-        if content_type == "text/html" and content:
-            content = _BUILD_DATE.sub(b"", content)
+        if content:
+            content = _rewrite(content_type, content)
         return write(self, status_code, content_type, content)
 
+    def _end_headers(self):
+        for name, value in _HEADERS.items():
+            self.send_header(name, value)
+        return end_headers(self)
+
     handler._write = _write
-    handler._deploykit_undated = True
+    handler.end_headers = _end_headers
+    handler._deploykit_private = True
 
 
 def serve(path) -> int:
     """Start (or reuse) a Netron server for ``path`` on 127.0.0.1 and return its port."""
     import netron
 
-    _serve_without_build_date()
+    _serve_privately()
     key = str(Path(path).resolve())
     if key not in _servers:
         # netron.serve calls logging.basicConfig(level=INFO) when the root logger has no handler,

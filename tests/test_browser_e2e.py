@@ -9,7 +9,12 @@ then check what a person would see:
 * an ipywidgets control renders, and moving it changes the text it prints;
 * a matplotlib figure is shown as an image;
 * the Netron view (``dk.show_netron``: an iframe served through jupyter-server-proxy at
-  ``/proxy/<port>/``) draws the model's graph.
+  ``/proxy/<port>/``) draws the model's graph (after accepting its cookie notice, if it shows one),
+  with deploykit's Content-Security-Policy (``connect-src 'self'``) on the page;
+* Netron sends nothing off the machine: every request to another host is blocked (and listed in
+  ``blocked-requests.txt``); one from Netron's frame (or from no known frame, as a beacon sent on
+  the way out), or one a Content-Security-Policy refused, fails the test. Netron's own page would
+  ask a geo-IP service and, once its cookie notice is accepted, send Google Analytics hits.
 
 Which notebooks: lectures 04 (Netron) and 01 (widget, figures) when, together, they show all
 three; otherwise the fixture ``tests/e2e/widget_plot_netron.ipynb`` (a widget, a plot and Netron
@@ -39,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import nbformat
 import pytest
@@ -249,11 +254,24 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    blocked: list[str] = []
+def off_machine() -> list[tuple[str, bool]]:
+    """Requests to other hosts the browser made (all blocked): ("METHOD url (from frame)", from_a_frame).
+    from_a_frame: made in an iframe (in these notebooks only Netron's) or in no known frame."""
+    return []
 
-    def block(route):  # nothing leaves this machine (Netron would ask a geo-IP service, for instance)
-        blocked.append(route.request.url)
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, off_machine):
+    blocked = off_machine
+
+    def block(route):  # nothing leaves this machine; one from Netron fails the test (see leaks)
+        request = route.request
+        try:
+            frame = request.frame
+            origin, in_frame = frame.url, frame.parent_frame is not None
+        except Exception:  # a service worker's request, or a beacon sent while its page was going away
+            origin, in_frame = "no known frame", True
+        blocked.append((f"{request.method} {request.url[:300]} (from {'iframe ' if in_frame else ''}{origin})", in_frame))
         route.abort()
 
     playwright = sync_api.sync_playwright().start()
@@ -269,7 +287,7 @@ def browser(tmp_path_factory):
             yield context
         finally:
             context.close()
-            (ARTIFACTS / "blocked-requests.txt").write_text("".join(f"{url}\n" for url in blocked))
+            (ARTIFACTS / "blocked-requests.txt").write_text("".join(f"{what}\n" for what, _ in blocked))
     finally:
         playwright.stop()
 
@@ -453,6 +471,10 @@ def check_figure(page, panel, shots: Path) -> str:
     return f"{images.count()} image(s), first {width} px wide"
 
 
+NETRON_CSP = "connect-src 'self'"
+NETRON_SETTLE_MS = 3000  # Netron sent its first analytics hits at once after the notice was accepted
+
+
 def check_netron(page, panel, shots: Path) -> str:
     iframe = panel.locator("iframe.deploykit-netron").first
     iframe.wait_for(state="attached", timeout=30_000)
@@ -479,20 +501,48 @@ def check_netron(page, panel, shots: Path) -> str:
         assert not frame.locator("body.welcome").count(), "Netron still shows its splash screen over the graph"
     finally:
         page.screenshot(path=str(shots / "4-netron.png"))
-    return f"Netron at {src} drew {nodes.count()} node(s){consent}"
+    count = nodes.count()
+    # Give late requests time to show, then leave Netron's page as a closed tab would (its analytics
+    # sent a last hit on the way out); the caller then checks that nothing left the machine.
+    page.wait_for_timeout(NETRON_SETTLE_MS)
+    for child in page.frames:
+        if re.search(r"/proxy/\d+/$", child.url):
+            child.goto("about:blank")
+    page.wait_for_timeout(1000)
+    return f"Netron at {src} drew {count} node(s){consent}"
 
 
-def test_notebook_in_jupyterlab(notebook, lab, browser):
+def check_netron_policy(page, panel) -> str:
+    """Netron's page, as the browser gets it through the proxy (with the browser's cookies), carries
+    deploykit's Content-Security-Policy: the second line, should Netron's code still try another host."""
+    src = panel.locator("iframe.deploykit-netron").first.get_attribute("src")
+    response = page.request.get(urljoin(page.url, src))
+    policy = response.headers.get("content-security-policy", "")
+    assert response.ok and NETRON_CSP in policy, f"Netron's page should carry a CSP with {NETRON_CSP!r}, got {policy!r}"
+    return f"Netron's page carries the CSP: {policy[:60]}..."
+
+
+def test_notebook_in_jupyterlab(notebook, lab, browser, off_machine):
     """Run the notebook in the browser; a Run All that never finishes is retried once in a fresh
     page (seen once in CI: the kernel went idle but the page never got the replies), and reported."""
     try:
-        run_notebook_in_browser(notebook, lab, browser)
+        run_notebook_in_browser(notebook, lab, browser, off_machine)
     except RunAllTimeout as first:
         print(f"retrying {notebook} once after: {first}")
-        run_notebook_in_browser(notebook, lab, browser, attempt=2)
+        run_notebook_in_browser(notebook, lab, browser, off_machine, attempt=2)
 
 
-def run_notebook_in_browser(notebook, lab, browser, attempt: int = 1):
+def leaks(off_machine: list[tuple[str, bool]], seen: int, console: list[str]) -> list[str]:
+    """Requests to other hosts since ``seen`` from Netron's frame (or no known frame; all were
+    blocked by the route), and requests a Content-Security-Policy refused (the browser reports
+    those on the console; they never reach the route). The notebook's own off-machine content (its
+    launch badges) is blocked and listed in blocked-requests.txt, but is not Netron's."""
+    refused = [m for m in console if "Content Security Policy" in m or "Content-Security-Policy" in m]
+    return ([f"request to another host: {what}" for what, in_frame in off_machine[seen:] if in_frame]
+            + [f"refused by CSP: {m[:300]}" for m in refused])
+
+
+def run_notebook_in_browser(notebook, lab, browser, off_machine, attempt: int = 1):
     source = ROOT / notebook
     nb = nbformat.read(source, as_version=4)
     expected = expected_features(nb)
@@ -505,6 +555,7 @@ def run_notebook_in_browser(notebook, lab, browser, attempt: int = 1):
     copy = clean_copy(source, nb)
     checkpoints_existed = (copy.parent / ".ipynb_checkpoints").exists()
     page = browser.new_page()
+    seen = len(off_machine)
     console = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}") if message.type == "error" else None)
     started = time.monotonic()
@@ -531,6 +582,10 @@ def run_notebook_in_browser(notebook, lab, browser, attempt: int = 1):
             report.append(check_figure(page, panel, shots))
         if "netron" in expected:
             report.append(check_netron(page, panel, shots))
+        leaked = leaks(off_machine, seen, console)
+        assert not leaked, "Netron tried to reach another host (nothing may leave the machine):\n" + "\n".join(leaked)
+        if "netron" in expected:
+            report.append(check_netron_policy(page, panel))
         print("\n".join(report))
     except Exception:
         page.screenshot(path=str(shots / f"failure-attempt{attempt}.png"))

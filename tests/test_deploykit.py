@@ -180,6 +180,39 @@ def test_netron_page_is_served_without_its_build_date(digits_onnx_file):
     assert '<meta name="version"' in served and '<meta name="date"' not in served
 
 
+def test_netron_is_served_without_telemetry_and_with_a_csp(digits_onnx_file):
+    """Netron's own page asks ipinfo.io where the learner is and, once its cookie notice is accepted,
+    sends Google Analytics hits (page and notebook URLs, file name); the course serves it without
+    either, and with a Content-Security-Policy that lets it connect to its own origin only."""
+    import re
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    import netron
+
+    package = Path(netron.__file__).parent
+    tracking = re.compile("|".join(re.escape(host) for host in dk.netron.TRACKING_HOSTS))
+    on_disk = {p.name for p in package.iterdir() if p.suffix in (".js", ".html") and tracking.search(p.read_text("utf-8"))}
+    assert {"browser.js", "base.js"} <= on_disk  # the geo-IP lookup and the analytics beacon (netron 9.3.3)
+    assert "await consent();" in (package / "browser.js").read_text("utf-8")  # what the course removes
+    port = dk.netron.serve(digits_onnx_file)
+    for name in sorted(on_disk | {"", "index.js", "data/missing.onnx"}):
+        try:
+            response = urllib.request.urlopen(f"http://127.0.0.1:{port}/{name}", timeout=10)
+        except urllib.error.HTTPError as error:  # a 404 carries the policy too
+            response = error
+        with response:
+            served, policy = response.read().decode("utf-8"), response.headers["Content-Security-Policy"]
+        assert not tracking.search(served), f"{name or 'index.html'} still names a tracking host"
+        assert "default-src 'self'" in policy and "connect-src 'self'" in policy, policy
+        assert not re.search(r"\*|https?:|wss?:", policy), policy  # no other host, no wildcard
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/browser.js", timeout=10) as response:
+        browser_js = response.read().decode("utf-8")
+    for call in ("consent()", "telemetry()"):  # no cookie notice, no analytics session
+        assert f"await {call};" not in browser_js and f"{call}: removed by deploykit" in browser_js
+
+
 def test_export_onnx_validates_name_and_example(tmp_artifacts):
     with pytest.raises(ValueError, match="ending in .onnx"):
         dk.export_onnx(dk.DigitsCNN(), torch.zeros(1, 1, 8, 8), "model.tflite")
