@@ -6,7 +6,8 @@ Chromium (driven by Playwright; no browser is ever downloaded), run every cell f
 then check what a person would see:
 
 * no error output anywhere (cells tagged ``raises-exception`` may show one: they teach it);
-* an ipywidgets control renders, and moving it changes the text it prints;
+* an ipywidgets control renders, and moving it changes the text it prints (Chinese terms in it
+  need a CJK font, Debian's fonts-noto-cjk, or the screenshots show boxes: checked with fc-list);
 * a matplotlib figure is shown as an image;
 * the Netron view (``dk.show_netron``: an iframe served through jupyter-server-proxy at
   ``/proxy/<port>/``) draws the model's graph (after accepting its cookie notice, if it shows one),
@@ -418,6 +419,18 @@ WIDGET_TEXT_JS = """(cell) => {
 CONTROLS = ".widget-dropdown select, .widget-checkbox input, .widget-slider .noUi-handle, .widget-toggle-button"
 
 
+CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def cjk_fonts() -> list[str] | None:
+    """The fonts with Chinese glyphs that Chromium can use here (fontconfig), None if fc-list is missing."""
+    try:
+        listed = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sorted({line.strip() for line in listed.splitlines() if line.strip()})
+
+
 def check_widget(page, panel, shots: Path) -> str:
     """Change the first widget's controls one at a time, as a person would, until the text they drive changes."""
     cell = panel.locator(".jp-CodeCell").filter(has=page.locator(CONTROLS)).first
@@ -425,6 +438,8 @@ def check_widget(page, panel, shots: Path) -> str:
     cell.scroll_into_view_if_needed()
     handle = cell.element_handle()
     before = page.evaluate(WIDGET_TEXT_JS, handle)
+    if CJK.search(before):  # the course's Chinese terms (计算图 computation graph, ...)
+        assert cjk_fonts() != [], "the widget shows Chinese text but no CJK font is installed (it renders as boxes): install Debian's fonts-noto-cjk"
 
     def moves():
         for select in cell.locator(".widget-dropdown select").all():
