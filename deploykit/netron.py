@@ -52,8 +52,9 @@ _BUILD_DATE = re.compile(rb'<meta name="date" content="[^"]*">\s*')
 #   consent():   a geo-IP lookup, fetch("https://ipinfo.io/json"), then (in Europe, or when that
 #                lookup fails, as offline) the notice "This app uses cookies to report errors and
 #                anonymous usage information" with an Accept button;
-#   telemetry(): then (after Accept, or at once where no notice is shown) Google Analytics 4 (base.js, base.Telemetry.send:
-#                navigator.sendBeacon("https://analytics.google.com/g/collect?...")): the page's URL,
+#   telemetry(): then (after Accept, or at once where no notice is shown) Google Analytics 4
+#                (base.js, base.Telemetry.send: navigator.sendBeacon(
+#                "https://analytics.google.com/g/collect?...")): the page's URL,
 #                its referrer (the notebook's URL in JupyterLab, with the notebook's file name), title,
 #                language, screen size, a client id kept in the cookies _ga / _ga<id>, then events:
 #                model_open (format, producer), graph_view (node count), errors with their messages.
