@@ -153,3 +153,241 @@ def machine_info() -> dict:
 def print_machine_info() -> None:
     for key, value in machine_info().items():
         print(f"{key:>14}: {value}")
+
+
+# --- Repeated rounds, order alternated (lecture 06) ----------------------------------------------
+
+P90_MIN_SAMPLES = 20  # below this many samples a "p90" is (almost) the maximum: print the maximum
+
+
+@dataclass(frozen=True)
+class RoundsResult:
+    """Latencies of one configuration measured in several rounds (ms per call, one tuple per round)."""
+
+    label: str
+    rounds: tuple[tuple[float, ...], ...]
+    warmup: int
+    threads: int | None
+    batch: int | None
+
+    @property
+    def samples(self) -> list[float]:
+        return [s for samples in self.rounds for s in samples]
+
+    @property
+    def median_ms(self) -> float:
+        """Median of all samples, pooled over the rounds."""
+        return statistics.median(self.samples)
+
+    @property
+    def round_medians(self) -> list[float]:
+        return [statistics.median(samples) for samples in self.rounds]
+
+    @property
+    def spread_ms(self) -> tuple[float, float]:
+        """(lowest, highest) round median: how far one round's answer can move."""
+        medians = self.round_medians
+        return min(medians), max(medians)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.samples)
+
+    @property
+    def tail(self) -> tuple[str, float]:
+        """("p90", value) with at least ``P90_MIN_SAMPLES`` samples, else ("max", value)."""
+        samples = self.samples
+        if len(samples) >= P90_MIN_SAMPLES:
+            return "p90", percentile(samples, 90)
+        return "max", max(samples)
+
+    def __str__(self) -> str:
+        lo, hi = self.spread_ms
+        name, value = self.tail
+        stated = [f"batch {self.batch}"] if self.batch is not None else []
+        stated += [f"{self.threads} thread(s)"] if self.threads is not None else []
+        stated.append(f"{len(self.rounds)} rounds x {len(self.rounds[0])} runs after {self.warmup} warm-up")
+        return (f"{self.label}: median {self.median_ms:.3f} ms (round medians {lo:.3f}-{hi:.3f}), "
+                f"{name} {value:.3f} ms ({', '.join(stated)})")
+
+
+def benchmark_rounds(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 3,
+    warmup: int = 5,
+    repeats: int = 10,
+    threads: int | None = None,
+    batch: int | None = None,
+) -> dict[str, RoundsResult]:
+    """Time each callable of ``fns`` in ``rounds`` rounds, in blocks: per round and callable,
+    ``warmup`` untimed calls then ``repeats`` timed calls. The order alternates between rounds
+    (A B, B A, A B ...), so neither contestant always runs first (or always right after the other,
+    whose idle threads may still be spinning: the warm-up absorbs that). ``threads`` and ``batch``
+    are recorded, not set.
+    """
+    if not fns or not all(callable(fn) for fn in fns.values()):
+        raise TypeError("benchmark_rounds expected a non-empty dict of callables taking no arguments")
+    for name, value, low in (("rounds", rounds, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} expected an int >= {low}, got {value!r}")
+    labels = list(fns)
+    samples: dict[str, list[tuple[float, ...]]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else labels[::-1]:
+            fn = fns[label]
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            samples[label].append(tuple(times))
+    return {label: RoundsResult(label, tuple(samples[label]), warmup, threads, batch) for label in labels}
+
+
+def speedup_spread(slow: RoundsResult, fast: RoundsResult) -> tuple[float, float, float]:
+    """Speed-up of ``fast`` over ``slow`` per round (round median of ``slow`` / round median of
+    ``fast``, both measured back to back): (median, lowest, highest) over the rounds."""
+    if len(slow.rounds) != len(fast.rounds):
+        raise ValueError("speedup_spread expected two results with the same number of rounds")
+    per_round = [s / f for s, f in zip(slow.round_medians, fast.round_medians)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+# --- Roofline: memory bandwidth, arithmetic intensity (lecture 06) -------------------------------
+
+
+def l3_cache_bytes(default: int = 32 * 2**20) -> int:
+    """Size of the largest CPU cache (L3, else L2) from Linux sysfs; ``default`` elsewhere."""
+    from pathlib import Path
+
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            sizes[level] = max(sizes.get(level, 0), int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            continue
+    return sizes[max(sizes)] if sizes else default
+
+
+def stream_bandwidth(kernel: str = "triad", *, array_bytes: int | None = None, repeats: int = 7,
+                     lib: str = "torch") -> float:
+    """STREAM-like memory bandwidth in GB/s (10^9 bytes/s): the median of ``repeats`` timed passes
+    over arrays of ``array_bytes`` each (default: 4x the largest cache, at most 128 MiB, so the
+    data comes from memory). ``copy``: a[:] = b, 2 arrays moved; ``triad``: a = b + 3 c, 3 arrays moved (write
+    allocation not counted, as in STREAM). ``lib="torch"`` uses ``torch.set_num_threads`` threads
+    (set it yourself); ``lib="numpy"`` runs on one thread and has only ``copy`` (NumPy has no
+    one-pass triad).
+    """
+    if kernel not in ("copy", "triad"):
+        raise ValueError(f"stream_bandwidth expected kernel 'copy' or 'triad', got {kernel!r}")
+    if lib not in ("torch", "numpy"):
+        raise ValueError(f"stream_bandwidth expected lib 'torch' or 'numpy', got {lib!r}")
+    if lib == "numpy" and kernel != "copy":
+        raise ValueError("stream_bandwidth with lib='numpy' measures 'copy' only (NumPy has no one-pass triad)")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats expected an int >= 1, got {repeats!r}")
+    import numpy as np
+
+    n = (array_bytes or min(4 * l3_cache_bytes(), 2**27)) // 4
+    a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.full(n, 2.0, np.float32)
+    if lib == "numpy":
+        fn = lambda: np.copyto(a, b)  # noqa: E731
+    else:
+        import torch
+
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        fn = (lambda: ta.copy_(tb)) if kernel == "copy" else (lambda: torch.add(tb, tc, alpha=3.0, out=ta))  # noqa: E731
+    moved = (2 if kernel == "copy" else 3) * n * 4
+    fn()  # touch every page once
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return moved / statistics.median(times) / 1e9
+
+
+@dataclass(frozen=True)
+class TrafficReport:
+    """Bytes one inference moves, counted from the graph, and its arithmetic intensity."""
+
+    flops: int
+    weight_bytes: int        # every initializer, once per node that reads it
+    activation_bytes: int    # every non-weight input read and every output written, node by node
+    minimum_bytes: int       # weights once + graph inputs + graph outputs (perfect caching)
+
+    @property
+    def bytes(self) -> int:
+        return self.weight_bytes + self.activation_bytes
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte moved, with no reuse between operators (each tensor read and written)."""
+        return self.flops / self.bytes
+
+    @property
+    def max_intensity(self) -> float:
+        """FLOPs per byte if only weights, inputs and outputs had to come from memory."""
+        return self.flops / self.minimum_bytes
+
+
+def memory_traffic(model, *, batch: int = 1) -> TrafficReport:
+    """Arithmetic intensity of one inference of ``model`` (``.onnx`` path or ``ModelProto``): its
+    FLOPs (``count_flops``, Conv/Gemm/MatMul) over the bytes of weights and activations its nodes
+    read and write. A node-by-node model (no tensor stays in cache between operators), so a lower
+    bound on intensity; ``max_intensity`` is the upper bound.
+    """
+    from math import prod
+
+    from onnx import helper, numpy_helper, shape_inference
+
+    from .flops import _fix_input_shapes, _load, count_flops
+
+    proto = _load(model)
+    _fix_input_shapes(proto, batch, None)
+    inferred = shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    size: dict[str, int] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = value.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            itemsize = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            size[value.name] = prod(d.dim_value for d in t.shape.dim) * itemsize
+    weights = {}
+    for init in proto.graph.initializer:
+        weights[init.name] = prod(init.dims) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    weights[node.output[0]] = numpy_helper.to_array(attr.t).nbytes
+    weight_bytes = activation_bytes = 0
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            continue
+        for name in node.input:
+            if name in weights:
+                weight_bytes += weights[name]
+            elif name:
+                activation_bytes += size.get(name, 0)
+        activation_bytes += sum(size.get(name, 0) for name in node.output)
+    io = sum(size.get(v.name, 0) for v in [*proto.graph.input, *proto.graph.output] if v.name not in weights)
+    flops = count_flops(model, batch=batch).total
+    return TrafficReport(flops, weight_bytes, activation_bytes, sum(weights.values()) + io)
+
+
+def roofline(peak_gflops: float, bandwidth_gbs: float, intensity: float) -> float:
+    """The roofline ceiling in GFLOP/s: min(peak compute, bandwidth x arithmetic intensity)."""
+    return min(peak_gflops, bandwidth_gbs * intensity)

@@ -3,12 +3,16 @@
 
 Measures the same configurations as ``notebooks/06_ort_vs_pytorch_speed.ipynb`` (ResNet-18 at
 batch 1 and 8, the course digits CNN at batch 1 and 256; 1 thread and all usable cores), with the
-same protocol (warm-up, repeats, median and p90, the same threads for both runtimes, PyTorch
-under ``torch.inference_mode``, ONNX Runtime with ``intra_op_num_threads`` = threads and
-``inter_op_num_threads`` = 1), and prints each speed-up (PyTorch median / ORT median).
+same protocol (``deploykit.bench.benchmark_rounds``: 3 rounds, each runtime timed in a block of
+warm-up + repeats, the order alternated between rounds; the same threads for both runtimes,
+PyTorch under ``torch.inference_mode``, ONNX Runtime with ``intra_op_num_threads`` = threads and
+``inter_op_num_threads`` = 1), and prints each speed-up: the median over the rounds of
+(PyTorch round median / ORT round median), with the lowest and highest round.
 
-If the notebook's speed-ups and this script's differ by more than ~20 %, something other than the
-runtimes is being measured (a busy machine, a Jupyter kernel competing for cores ...).
+This is a separate measurement from the notebook's (and from lab 04's): expect the speed-ups to
+differ by about the spread between rounds that both print. A much larger difference means
+something other than the runtimes is being measured (a busy machine, a Jupyter kernel competing
+for cores ...).
 
     .venv/bin/python tools/bench_ort_vs_torch.py            # the notebook's repeats
     .venv/bin/python tools/bench_ort_vs_torch.py --scale 3  # 3x the warm-ups and repeats
@@ -30,13 +34,16 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-# The notebook's configurations: (model, batch) -> (warm-up calls, timed calls).
+from deploykit.bench import benchmark_rounds, speedup_spread  # noqa: E402
+
+# The notebook's configurations: (model, batch) -> (warm-up calls, timed calls) per round.
 PLAN = {
-    ("resnet18", 1): (2, 8),
-    ("resnet18", 8): (1, 4),
-    ("digits", 1): (20, 200),
-    ("digits", 256): (5, 30),
+    ("resnet18", 1): (2, 7),
+    ("resnet18", 8): (1, 2),
+    ("digits", 1): (20, 100),
+    ("digits", 256): (3, 10),
 }
+ROUNDS = 3
 
 
 def usable_cores() -> int:
@@ -82,11 +89,14 @@ def measure(name: str, batch: int, threads: int, scale: float = 1.0) -> dict:
     def run_ort():
         return session.run(None, {"input": x_np})
 
-    pt = dk.benchmark(run_torch, label="pytorch", warmup=warmup, repeats=repeats, threads=threads, batch=batch)
-    rt = dk.benchmark(run_ort, label="onnxruntime", warmup=warmup, repeats=repeats, threads=threads, batch=batch)
+    result = benchmark_rounds({"pytorch": run_torch, "onnxruntime": run_ort}, rounds=ROUNDS, warmup=warmup,
+                              repeats=repeats, threads=threads, batch=batch)
+    pt, rt = result["pytorch"], result["onnxruntime"]
+    speedup, low, high = speedup_spread(pt, rt)
     return {"model": name, "batch": batch, "threads": threads, "pytorch_ms": pt.median_ms,
-            "pytorch_p90_ms": pt.p90_ms, "ort_ms": rt.median_ms, "ort_p90_ms": rt.p90_ms,
-            "speedup": pt.median_ms / rt.median_ms, "warmup": warmup, "repeats": repeats}
+            "pytorch_tail": pt.tail, "ort_ms": rt.median_ms, "ort_tail": rt.tail,
+            "speedup": speedup, "speedup_low": low, "speedup_high": high,
+            "rounds": ROUNDS, "warmup": warmup, "repeats": repeats}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"CPU: {dk.cpu_model()}, usable cores {usable_cores()}, load average {os.getloadavg()[0]:.2f}")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
-    print(f"{'model':>9} {'batch':>5} {'thr':>3} {'PyTorch ms':>11} {'ORT ms':>9} {'speed-up':>8}")
+    print(f"{ROUNDS} rounds, order alternated; ms: median of all samples; speed-up: median of the rounds")
+    print(f"{'model':>9} {'batch':>5} {'thr':>3} {'PyTorch ms':>11} {'ORT ms':>9} {'speed-up':>8} {'rounds':>13}")
     for r in rows:
         print(f"{r['model']:>9} {r['batch']:>5} {r['threads']:>3} {r['pytorch_ms']:>11.3f} {r['ort_ms']:>9.3f} "
-              f"{r['speedup']:>7.2f}x")
+              f"{r['speedup']:>7.2f}x {r['speedup_low']:>5.2f}-{r['speedup_high']:.2f}x")
     geo = math.exp(float(np.mean([math.log(r["speedup"]) for r in rows])))
     print(f"geometric mean speed-up of ONNX Runtime over PyTorch: {geo:.2f}x")
     return 0

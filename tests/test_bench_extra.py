@@ -1,0 +1,110 @@
+"""deploykit.bench additions of lecture 06: rounds with alternated order, tails the sample count
+supports, per-round speed-ups, STREAM-like bandwidth, bytes and arithmetic intensity from a graph,
+the roofline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploykit.bench import (
+    P90_MIN_SAMPLES,
+    RoundsResult,
+    benchmark_rounds,
+    l3_cache_bytes,
+    memory_traffic,
+    percentile,
+    roofline,
+    speedup_spread,
+    stream_bandwidth,
+)
+
+
+def test_rounds_alternate_the_order_and_keep_every_sample():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    result = benchmark_rounds(fns, rounds=3, warmup=1, repeats=2, threads=2, batch=8)
+    blocks = [calls[i] for i in range(0, len(calls), 3)]  # 1 warm-up + 2 timed calls per block
+    assert blocks == ["a", "b", "b", "a", "a", "b"]
+    for label, r in result.items():
+        assert r.label == label and len(r.rounds) == 3 and all(len(s) == 2 for s in r.rounds)
+        assert len(r.samples) == 6 and r.threads == 2 and r.batch == 8 and r.warmup == 1
+        assert r.min_ms <= r.median_ms <= r.max_ms
+
+
+def test_tail_is_p90_only_with_enough_samples():
+    few = RoundsResult("few", ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), 0, 1, 1)
+    assert few.tail == ("max", 6.0)
+    samples = tuple(float(i) for i in range(1, P90_MIN_SAMPLES + 1))
+    many = RoundsResult("many", (samples,), 0, None, None)
+    assert many.tail == ("p90", pytest.approx(percentile(list(samples), 90)))
+    text = str(few)
+    assert "max 6.000 ms" in text and "p90" not in text and "2 rounds x 3 runs after 0 warm-up" in text
+    assert "round medians 2.000-5.000" in text and "batch 1, 1 thread(s)" in text
+    assert "p90" in str(many) and "thread" not in str(many)
+
+
+def test_speedup_is_the_median_of_per_round_ratios():
+    slow = RoundsResult("slow", ((10.0,), (30.0,), (20.0,)), 0, 1, 1)
+    fast = RoundsResult("fast", ((5.0,), (10.0,), (20.0,)), 0, 1, 1)
+    assert speedup_spread(slow, fast) == (2.0, 1.0, 3.0)
+    with pytest.raises(ValueError, match="same number of rounds"):
+        speedup_spread(slow, RoundsResult("x", ((1.0,),), 0, 1, 1))
+
+
+def test_benchmark_rounds_refuses_bad_arguments():
+    with pytest.raises(TypeError):
+        benchmark_rounds({})
+    with pytest.raises(TypeError):
+        benchmark_rounds({"a": 3})
+    for bad in ({"rounds": 0}, {"warmup": -1}, {"repeats": 0}, {"repeats": 1.5}):
+        with pytest.raises(ValueError):
+            benchmark_rounds({"a": lambda: None}, **bad)
+
+
+def test_stream_bandwidth_is_positive_and_validates():
+    assert l3_cache_bytes() > 0
+    for kernel in ("copy", "triad"):
+        assert stream_bandwidth(kernel, array_bytes=1 << 20, repeats=3) > 0
+    assert stream_bandwidth("copy", array_bytes=1 << 20, repeats=3, lib="numpy") > 0
+    with pytest.raises(ValueError, match="kernel"):
+        stream_bandwidth("scale")
+    with pytest.raises(ValueError, match="numpy"):
+        stream_bandwidth("triad", lib="numpy")
+    with pytest.raises(ValueError, match="lib"):
+        stream_bandwidth("copy", lib="cupy")
+    with pytest.raises(ValueError, match="repeats"):
+        stream_bandwidth("copy", array_bytes=1 << 16, repeats=0)
+
+
+def _matmul_relu(n=4, k=8, m=16):
+    w = numpy_helper.from_array(np.zeros((k, m), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", m])], initializer=[w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_memory_traffic_counts_weights_and_activations_by_hand():
+    n, k, m = 4, 8, 16
+    t = memory_traffic(_matmul_relu(n, k, m), batch=n)
+    assert t.flops == 2 * n * k * m
+    assert t.weight_bytes == 4 * k * m
+    # MatMul reads x and writes h; Relu reads h and writes y
+    assert t.activation_bytes == 4 * (n * k + n * m + n * m + n * m)
+    assert t.minimum_bytes == 4 * (k * m + n * k + n * m)
+    assert t.bytes == t.weight_bytes + t.activation_bytes
+    assert t.intensity == pytest.approx(t.flops / t.bytes) and t.max_intensity > t.intensity
+
+
+def test_intensity_grows_with_batch_for_the_course_models():
+    import deploykit as dk
+
+    one, many = memory_traffic(dk.digits_onnx(), batch=1), memory_traffic(dk.digits_onnx(), batch=64)
+    assert one.weight_bytes == many.weight_bytes > 0 and many.intensity > one.intensity
+
+
+def test_roofline_is_the_lower_of_the_two_ceilings():
+    assert roofline(100.0, 10.0, 2.0) == 20.0
+    assert roofline(100.0, 10.0, 50.0) == 100.0
