@@ -24,7 +24,7 @@ def test_cpu_flags_reads_the_flags_line():
     assert pc.cpu_flags("no flags here\n") == set()
 
 
-@pytest.mark.parametrize(("cpuinfo", "model"), [(XEON_AVX512, "Haswell-v4"), (EPYC_AVX2, "Nehalem"),
+@pytest.mark.parametrize(("cpuinfo", "model"), [(XEON_AVX512, "Haswell-v4"), (EPYC_AVX2, "SandyBridge"),
                                                 (OLD_SSE, "Haswell-v4")])
 def test_cpu_model_is_another_isa_class_than_the_host(cpuinfo, model):
     assert pc.choose_cpu_model(pc.cpu_flags(cpuinfo)) == model
@@ -32,7 +32,7 @@ def test_cpu_model_is_another_isa_class_than_the_host(cpuinfo, model):
 
 def test_cpu_model_override_wins():
     assert pc.choose_cpu_model(pc.cpu_flags(EPYC_AVX2), "SandyBridge") == "SandyBridge"
-    assert pc.choose_cpu_model(pc.cpu_flags(EPYC_AVX2), "") == "Nehalem"  # empty QEMU_CPU = unset
+    assert pc.choose_cpu_model(pc.cpu_flags(EPYC_AVX2), "") == "SandyBridge"  # empty QEMU_CPU = unset
 
 
 def test_native_isa_env_goes_one_class_down():
@@ -146,3 +146,9 @@ def test_classify_tells_cpu_dependent_cells_from_native_failures():
     assert failures[0]["origin"].startswith("CPU-DEPENDENT") and failures[1]["origin"].startswith("fails natively")
     pc.classify(failures, None)
     assert failures[0]["origin"] == "not re-run natively"
+
+
+def test_cell_head_names_the_failing_cell():
+    message = "#x1B[94mCell 3: Cell outputs differ\n\nInput:\n#x1B[0mlab05.check_helpers(size_kb)\nfp32 = 1\n"
+    assert pc.cell_head(message) == "lab05.check_helpers(size_kb)"
+    assert pc.cell_head("no input section") == ""

@@ -12,8 +12,11 @@ qemu emulates, so the notebooks' numbers are computed by other code paths than o
 CPU model (``--cpu`` or ``QEMU_CPU=...`` overrides):
 
 - host with AVX-512: ``Haswell-v4`` (AVX2 + FMA, no AVX-512, no VNNI: most laptops);
-- host with AVX2 but no AVX-512: ``Nehalem`` (SSE4.2, no AVX: PyTorch's DEFAULT kernels, oneDNN's
-  SSE4.1 kernels, ONNX Runtime's SSE kernels), because Haswell would be the host's own ISA class.
+- host with AVX2 but no AVX-512: ``SandyBridge`` (AVX, no AVX2/FMA: PyTorch's DEFAULT kernels, oneDNN's
+  and ONNX Runtime's AVX kernels instead of AVX2/FMA), because Haswell would be the host's own ISA class.
+  Not ``Nehalem`` (SSE4.2, no AVX): jaxlib, which litert_torch imports, refuses to load without AVX, so
+  lectures 08-09 and labs 06-07 cannot run there at all (the course needs AVX). ``QEMU_CPU=Nehalem`` still
+  works for the notebooks that do not convert to LiteRT (05, 07, lab05).
 
 Before any notebook runs, the tool runs the emulated Python once and prints what PyTorch, NumPy and ONNX
 Runtime see there next to the host's view, and refuses if PyTorch's kernel ISA is the host's.
@@ -108,6 +111,14 @@ try:
     import ai_edge_litert.interpreter  # noqa: F401  (proves it loads on this CPU)
 except Exception as e:
     out["ai_edge_litert"] = repr(e)
+try:
+    import jaxlib.cpu_feature_guard as guard
+    guard.check_cpu_features()
+    out["jaxlib_loads"] = True
+except ImportError:
+    out["jaxlib_loads"] = None
+except Exception:
+    out["jaxlib_loads"] = False
 out["DEPLOYKIT_BLOCK_NETWORK"] = os.environ.get("DEPLOYKIT_BLOCK_NETWORK")
 print("PROBE " + json.dumps(out))
 """
@@ -130,7 +141,8 @@ def cpu_flags(cpuinfo_text: str) -> set[str]:
 def choose_cpu_model(flags: set[str], override: str | None = None) -> str:
     """The qemu CPU model to emulate: an ISA class different from the host's.
 
-    AVX-512 host -> ``Haswell-v4`` (AVX2, no AVX-512/VNNI); AVX2 host -> ``Nehalem`` (SSE4.2, no AVX);
+    AVX-512 host -> ``Haswell-v4`` (AVX2, no AVX-512/VNNI); AVX2 host -> ``SandyBridge`` (AVX, no AVX2/FMA;
+    the oldest class the course runs on: jaxlib, imported by litert_torch, needs AVX);
     a host without AVX2 -> ``Haswell-v4`` (emulating upwards, still a different class). ``override``
     (``--cpu`` or ``$QEMU_CPU``) wins.
     """
@@ -139,7 +151,7 @@ def choose_cpu_model(flags: set[str], override: str | None = None) -> str:
     if "avx512f" in flags:
         return "Haswell-v4"
     if "avx2" in flags:
-        return "Nehalem"
+        return "SandyBridge"
     return "Haswell-v4"
 
 
@@ -376,6 +388,16 @@ def run_notebook(notebook: Path, *, emulated: bool, addopts: str, env: dict[str,
     return row
 
 
+def cell_head(message: str) -> str:
+    """The first line of the cell's source, from nbval's ``Input:`` section of a failure message."""
+    lines = [ANSI.sub("", line).rstrip() for line in message.splitlines()]
+    if "Input:" in lines:
+        for line in lines[lines.index("Input:") + 1:]:
+            if line.strip():
+                return line.strip()
+    return ""
+
+
 def classify(failures: list[dict], baseline: list[dict] | None) -> None:
     """Mark each failure ``cpu``: only in the checked setup, or ``native``: the host fails it too."""
     native_cells = {f["cell"] for f in baseline} if baseline is not None else None
@@ -414,7 +436,8 @@ def summary(rows: list[dict], header: str, wall: float) -> str:
             lines.append(f"- `{row['notebook']}`: {problem}")
         for failure in row["failures"]:
             lines += [f"- `{row['notebook']}` {failure['cell']} ({failure['kind']}; "
-                      f"{failure.get('origin', 'not re-run natively')}):", "",
+                      f"{failure.get('origin', 'not re-run natively')})"
+                      + (f", cell starting `{head[:80]}`:" if (head := cell_head(failure["message"])) else ":"), "",
                       "  ```", *("  " + l for l in short_diff(failure["message"]).splitlines()), "  ```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -464,13 +487,16 @@ def main(argv: list[str] | None = None) -> int:
             other = probe([qemu, "-cpu", model], python, env)
             print(describe(f"emulated {model}:", other))
             print("  (inside qemu-user /proc/cpuinfo still shows the host's flags; the libraries read CPUID, shown above)")
+            if other.get("jaxlib_loads") is False:
+                print(f"WARNING: jaxlib refuses to load on {model} (it needs AVX): notebooks that import litert_torch "
+                      "(08, 09, lab06, lab07) will fail at import. Use an AVX model such as SandyBridge.")
             spec_file = write_kernelspec(workdir / "jupyter", kernelspec(qemu, model, python))
             print(f"kernelspec: {spec_file} -> {' '.join(json.loads(spec_file.read_text())['argv'][:4])} ...")
             env["JUPYTER_PATH"] = str(workdir / "jupyter")
             mode = f"kernel emulated by `{QEMU} -cpu {model}`"
         if other["torch_kernels"] == host["torch_kernels"]:
             raise CheckError(f"PyTorch runs its {host['torch_kernels']} kernels both on the host and in the checked "
-                             "setup: that proves nothing. Pick another CPU model (--cpu / QEMU_CPU), e.g. Nehalem "
+                             "setup: that proves nothing. Pick another CPU model (--cpu / QEMU_CPU), e.g. SandyBridge "
                              "on an AVX2 host, Haswell-v4 on an AVX-512 host.")
 
         # A snapshot of the starting artifacts: the checked run gets a copy, and so does each native re-run.
@@ -519,10 +545,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {failure['cell']}: {failure['origin']}")
         rows.append(row)
 
-    emulated_desc = (f"emulated {other['torch_kernels']} (CPUID {' '.join(other['cpuid']) if isinstance(other['cpuid'], list) else other['cpuid']})")
+    emulated_desc = (f"{other['torch_kernels']} kernels (CPUID seen: {' '.join(other['cpuid']) if isinstance(other['cpuid'], list) else other['cpuid']})")
     header = (f"# Portability check ({'cold' if args.cold else 'warm'} artifacts)\n\n"
               f"Host: PyTorch {host['torch_kernels']} kernels (CPUID {' '.join(host['cpuid']) if isinstance(host['cpuid'], list) else host['cpuid']}); "
-              f"checked: {mode}, PyTorch {emulated_desc}.")
+              f"checked: {mode}, PyTorch {emulated_desc}. Wall times include this machine's load.")
     text = summary(rows, header, time.perf_counter() - began)
     print("\n" + text)
     if args.report:
