@@ -152,3 +152,11 @@ def test_cell_head_names_the_failing_cell():
     message = "#x1B[94mCell 3: Cell outputs differ\n\nInput:\n#x1B[0mlab05.check_helpers(size_kb)\nfp32 = 1\n"
     assert pc.cell_head(message) == "lab05.check_helpers(size_kb)"
     assert pc.cell_head("no input section") == ""
+
+
+def test_classify_names_timeouts_and_cascades():
+    failures = [{"cell": "Cell 1", "message": "RuntimeError: jaxlib needs AVX"},
+                {"cell": "Cell 2", "message": "NameError: name 'x' is not defined"},
+                {"cell": "Cell 3", "message": "Timeout of 1800 seconds exceeded while executing cell."}]
+    pc.classify(failures, [])
+    assert [f["origin"].split()[0] for f in failures] == ["CPU-DEPENDENT:", "probably", "TIMED"]
