@@ -47,10 +47,28 @@ def check_package(name: str, pinned: str) -> tuple[bool, str]:
     return True, f"[OK]   {name} {installed.split('+')[0]}"
 
 
+#: Python versions on which the whole course (install, every notebook, strict outputs) was verified.
+VERIFIED_PYTHONS = ((3, 11),)
+#: The oldest Python the pinned packages support.
+MINIMUM_PYTHON = (3, 11)
+
+
+def check_python(version: tuple[int, int] | None = None) -> tuple[bool, str]:
+    """``[OK]`` for a verified Python, ``[WARN]`` (not a failure) for a newer unverified one,
+    ``[FAIL]`` below the minimum."""
+    major, minor = version or sys.version_info[:2]
+    verified = ", ".join(f"{a}.{b}" for a, b in VERIFIED_PYTHONS)
+    if (major, minor) in VERIFIED_PYTHONS:
+        return True, f"[OK]   Python {major}.{minor}"
+    if (major, minor) < MINIMUM_PYTHON:
+        return False, f"[FAIL] Python {major}.{minor}: the course needs Python {MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]} or newer"
+    return True, (f"[WARN] Python {major}.{minor}: not verified (verified: {verified}); it should work if `make install` "
+                  f"succeeded. If an output differs, tell the course (README, 'If an output differs')")
+
+
 def check_environment() -> list[str]:
-    """One ``[OK]``/``[FAIL]`` line for Python and for every pinned package."""
-    python_ok = sys.version_info[:2] == (3, 11)
-    lines = [f"{'[OK]  ' if python_ok else '[FAIL]'} Python {sys.version_info.major}.{sys.version_info.minor}"
-             + ("" if python_ok else " (the course is pinned and tested on 3.11)")]
-    lines += [check_package(name, version)[1] for name, version in pinned_requirements().items()]
-    return lines
+    """One ``[OK]``/``[FAIL]`` line for every pinned package (the same lines on every machine).
+
+    Python's own line comes from :func:`check_python`, because it names the version in use.
+    """
+    return [check_package(name, version)[1] for name, version in pinned_requirements().items()]

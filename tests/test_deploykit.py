@@ -258,6 +258,25 @@ def test_setup_check_reports_ok_for_this_environment():
     assert lines and not [line for line in lines if line.startswith("[FAIL]")], lines
 
 
+def test_setup_check_python_versions():
+    ok, line = dk.setup_check.check_python((3, 11))
+    assert ok and line == "[OK]   Python 3.11"
+    ok, line = dk.setup_check.check_python((3, 13))
+    assert ok and line.startswith("[WARN] Python 3.13: not verified (verified: 3.11)")
+    ok, line = dk.setup_check.check_python((3, 10))
+    assert not ok and line.startswith("[FAIL] Python 3.10") and "3.11 or newer" in line
+    assert dk.setup_check.check_python()[0]   # this interpreter is supported
+
+
+def test_makefile_and_pyproject_agree_with_the_verified_pythons():
+    root = dk.repo_root()
+    minimum = ".".join(map(str, dk.setup_check.MINIMUM_PYTHON))
+    assert f'requires-python = ">={minimum}"' in (root / "pyproject.toml").read_text()
+    makefile = (root / "Makefile").read_text()
+    for version in dk.setup_check.VERIFIED_PYTHONS:
+        assert str(version) in makefile, f"the Makefile's install warning should name verified {version}"
+
+
 def test_setup_check_fails_clearly_on_a_wrong_pin_or_missing_package():
     ok, line = dk.setup_check.check_package("numpy", "0.0.1")
     assert not ok and line.startswith("[FAIL] numpy") and "pinned to 0.0.1" in line
