@@ -15,6 +15,7 @@ What it writes, derived from what the course already marks (one source of truth)
 
     .venv/bin/python tools/nbgrader_metadata.py            # write the metadata into solutions/
     .venv/bin/python tools/nbgrader_metadata.py --check    # exit 1 if a solution's metadata is missing or stale
+    .venv/bin/python tools/nbgrader_metadata.py --make-course ../course   # an nbgrader course folder for the labs
 
 With nbgrader, set ``DEPLOYKIT_STRICT_CHECKS=1`` in the environment of ``nbgrader autograde``: a
 check that prints a ``[HINT]`` then also raises, which is how nbgrader sees a failed test cell.
@@ -72,11 +73,44 @@ def apply(path: Path, write: bool) -> list[str]:
     return problems
 
 
+def make_course(folder: Path) -> list[str]:
+    """An nbgrader course folder: ``nbgrader_config.py`` (stubs identical to ``make labs``' ones, so
+    nbgrader's student version is the course's lab) and ``source/labNN/`` with each solution."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import shutil
+
+    from make_labs import MD_STUB, STUB
+
+    folder = folder.resolve()
+    if (folder / "nbgrader_config.py").exists():
+        raise SystemExit(f"{folder / 'nbgrader_config.py'} exists: refusing to overwrite an nbgrader course")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nbgrader_config.py").write_text(
+        "# nbgrader course for 'Model Deployment, from PyTorch to ONNX Runtime and LiteRT' (tools/nbgrader_metadata.py)\n"
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(folder)!r}\n"
+        "c.CourseDirectory.course_id = 'model-deployment'\n"
+        f"c.ClearSolutions.code_stub = {{'python': {STUB!r}}}\n"
+        f"c.ClearSolutions.text_stub = {MD_STUB!r}\n", encoding="utf-8")
+    labs = []
+    for path in sorted((ROOT / "solutions").glob("lab*.ipynb")):
+        target = folder / "source" / path.name[:5] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        labs.append(path.name[:5])
+    return labs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report missing or stale metadata (exit 1 if any)")
+    parser.add_argument("--make-course", type=Path, metavar="DIR", help="create an nbgrader course folder with the labs")
     parser.add_argument("solutions", nargs="*", type=Path, help="solution notebooks (default: solutions/lab*.ipynb)")
     args = parser.parse_args(argv)
+    if args.make_course:
+        labs = make_course(args.make_course)
+        print(f"nbgrader course in {args.make_course}: {', '.join(labs)}; then, there: nbgrader generate_assignment lab01")
+        return 0
     paths = args.solutions or sorted((ROOT / "solutions").glob("lab*.ipynb"))
     problems = [problem for path in paths for problem in apply(path.resolve(), write=not args.check)]
     for problem in problems:

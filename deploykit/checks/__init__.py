@@ -7,6 +7,7 @@ check stops passing.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 
@@ -36,8 +37,14 @@ def passed(what: str) -> CheckResult:
     return CheckResult(True, what)
 
 
+class CheckNotPassed(AssertionError):
+    """Raised after a hint when ``DEPLOYKIT_STRICT_CHECKS=1``: how an autograder (nbgrader) sees a failed check."""
+
+
 def hint(what: str, message: str) -> CheckResult:
     print(f"[HINT] {what}: {message}")
+    if os.environ.get("DEPLOYKIT_STRICT_CHECKS") == "1":   # set by instructors for `nbgrader autograde`
+        raise CheckNotPassed(f"{what}: {message}")
     return CheckResult(False, what, message)
 
 
