@@ -32,7 +32,7 @@ help:
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	@# Verified Pythons: the same list as deploykit/setup_check.py VERIFIED_PYTHONS (a test checks they agree).
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; print(f"Using Python {v[0]}.{v[1]} at {sys.executable}"); sys.exit("the course needs Python 3.11 or newer" if v < (3, 11) else 0 if v in ((3, 11),) else print("warning: this Python is not verified for the course (verified: 3.11); notebook 00 will say [WARN]") or 0)'
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; print(f"Using Python {v[0]}.{v[1]} at {sys.executable}"); sys.exit("the course needs Python 3.11 or newer" if v < (3, 11) else 0 if v in ((3, 11), (3, 12)) else print("warning: this Python is not verified for the course (verified: 3.11, 3.12); notebook 00 will say [WARN]") or 0)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements-lock.txt

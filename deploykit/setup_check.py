@@ -48,7 +48,7 @@ def check_package(name: str, pinned: str) -> tuple[bool, str]:
 
 
 #: Python versions on which the whole course (install, every notebook, strict outputs) was verified.
-VERIFIED_PYTHONS = ((3, 11),)
+VERIFIED_PYTHONS = ((3, 11), (3, 12))
 #: The oldest Python the pinned packages support.
 MINIMUM_PYTHON = (3, 11)
 

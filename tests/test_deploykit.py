@@ -261,8 +261,9 @@ def test_setup_check_reports_ok_for_this_environment():
 def test_setup_check_python_versions():
     ok, line = dk.setup_check.check_python((3, 11))
     assert ok and line == "[OK]   Python 3.11"
+    assert dk.setup_check.check_python((3, 12)) == (True, "[OK]   Python 3.12")
     ok, line = dk.setup_check.check_python((3, 13))
-    assert ok and line.startswith("[WARN] Python 3.13: not verified (verified: 3.11)")
+    assert ok and line.startswith("[WARN] Python 3.13: not verified (verified: 3.11, 3.12)")
     ok, line = dk.setup_check.check_python((3, 10))
     assert not ok and line.startswith("[FAIL] Python 3.10") and "3.11 or newer" in line
     assert dk.setup_check.check_python()[0]   # this interpreter is supported
