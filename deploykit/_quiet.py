@@ -48,13 +48,30 @@ def native_stderr_silenced():
     ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` the first time it is built. Python
     exceptions still propagate; only the raw file descriptor is redirected.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    with _descriptor_silenced(sys.stderr, 2):
+        yield
+
+
+@contextlib.contextmanager
+def native_stdout_silenced():
+    """The same for C/C++ writes to stdout (file descriptor 1).
+
+    ``import MNN`` prints the CPU's features (``The device supports: i8sdot:0, fp16:0, ...``) with
+    ``printf``; the line differs between CPUs, so a compared notebook must not show it.
+    """
+    with _descriptor_silenced(sys.stdout, 1):
+        yield
+
+
+@contextlib.contextmanager
+def _descriptor_silenced(stream, fd: int):
+    stream.flush()
+    saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        os.dup2(devnull, fd)
         yield
     finally:
-        os.dup2(saved, 2)
+        os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)

@@ -7,12 +7,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from ._quiet import native_stderr_silenced, native_stdout_silenced
 from .paths import repo_root
 
 # Distribution name -> module to import, where they differ.
 IMPORT_NAMES = {
     "scikit-learn": "sklearn", "pillow": "PIL", "pyyaml": "yaml", "litert-torch": "litert_torch",
     "ai-edge-litert": "ai_edge_litert.interpreter", "jupyter-server-proxy": "jupyter_server_proxy",
+    "mnn": "MNN",
 }
 # Imported only to show they install; the kernel does not need them at run time.
 NOT_IMPORTED = {"jupyterlab", "playwright", "pytest", "nbval"}
@@ -41,7 +43,9 @@ def check_package(name: str, pinned: str) -> tuple[bool, str]:
     if name not in NOT_IMPORTED:
         module = IMPORT_NAMES.get(name, name.replace("-", "_"))
         try:
-            importlib.import_module(module)
+            # Some native libraries print on import (MNN: the CPU's features); keep the list clean.
+            with native_stdout_silenced(), native_stderr_silenced():
+                importlib.import_module(module)
         except Exception as error:  # noqa: BLE001 - report any import failure as a line
             return False, f"[FAIL] {name} {installed}: `import {module}` failed: {type(error).__name__}: {error}"
     return True, f"[OK]   {name} {installed.split('+')[0]}"
