@@ -49,6 +49,23 @@ def ort_file_summary(path) -> FileSummary:
     return FileSummary(path.name, len(buffer), weight_bytes, graph.NodesLength(), graph.NodeArgsLength())
 
 
+def ort_node_types(path) -> set[tuple[str, str]]:
+    """The ``(domain, op_type)`` of every node in an ``.ort`` file ("" is the ONNX domain).
+
+    Shows what the optimiser wrote: e.g. ``("com.microsoft.nchwc", "Conv")`` nodes come from the
+    x86-only ``NchwcTransformer`` (blocked layouts for AVX2/AVX-512), which an ARM phone cannot run.
+    """
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+    path = _check(path, ".ort")
+    buffer = path.read_bytes()
+    if buffer[4:8] != b"ORTM":
+        raise ValueError(f"{path.name} is not an ORT-format file (its flatbuffer identifier is {buffer[4:8]!r}, expected b'ORTM')")
+    graph = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(buffer, 0).Model().Graph()
+    nodes = (graph.Nodes(i) for i in range(graph.NodesLength()))
+    return {((node.Domain() or b"").decode(), node.OpType().decode()) for node in nodes}
+
+
 def onnx_file_summary(path) -> FileSummary:
     """Summarise an ``.onnx`` file the same way (weights stored inside the file)."""
     import onnx
@@ -63,4 +80,4 @@ def onnx_file_summary(path) -> FileSummary:
     return FileSummary(path.name, path.stat().st_size, weight_bytes, len(graph.node), len(names))
 
 
-__all__ = ["FileSummary", "onnx_file_summary", "ort_file_summary"]
+__all__ = ["FileSummary", "onnx_file_summary", "ort_file_summary", "ort_node_types"]

@@ -122,10 +122,14 @@ class SideEffect(nn.Module):
 
 
 # --------------------------------------------------------------------------- lab 02 models
+# Lab 02 prints these classes' source for the learner to read, so their docstrings and bodies name no
+# pitfall. For maintainers: A branches on a tensor's value (`if`); B loops a data-dependent number of
+# times; C reads the median as a Python number; D is the decoy (shape-based reshape, traces correctly);
+# E loops over the batch size (a shape, unrolled). The answers live in the lab's solution and checks.
 
 
 class ReluIfNegativeMean(nn.Module):
-    """Lab 02, model A: clamps negatives to zero, but only for inputs whose mean is negative."""
+    """Lab 02, model A."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x * 3 + 1
@@ -135,7 +139,7 @@ class ReluIfNegativeMean(nn.Module):
 
 
 class RepeatedSqrt(nn.Module):
-    """Lab 02, model B: takes square roots until the values are small; the count depends on the data."""
+    """Lab 02, model B."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.abs() + 1
@@ -146,7 +150,7 @@ class RepeatedSqrt(nn.Module):
 
 
 class ThresholdByMedian(nn.Module):
-    """Lab 02, model C: marks values above the batch median, with the median read as a Python float."""
+    """Lab 02, model C."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threshold = float(x.median())
@@ -154,14 +158,14 @@ class ThresholdByMedian(nn.Module):
 
 
 class FlattenByShape(nn.Module):
-    """Lab 02, model D (the decoy): flattens each example using its shape; traces correctly."""
+    """Lab 02, model D."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1).softmax(dim=1)
 
 
 class RunningProduct(nn.Module):
-    """Lab 02, model E: a running product over the rows of the batch, in a Python loop."""
+    """Lab 02, model E."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = [x[0]]

@@ -126,3 +126,17 @@ def test_draw(capsys):
     assert not lab01.check_draw(lambda g, p: None, _layout)
     assert "Figure" in capsys.readouterr().out
     plt.close("all")
+
+
+def test_check_on_resnet(capsys):
+    import deploykit as dk
+
+    graph = lab01.graph_from_fx(torch.fx.symbolic_trace(dk.torchvision_model("resnet18")), "resnet18")
+    assert lab01.check_on_resnet(lambda g: g.op_counts(), lambda g: g.depth(), graph)
+    assert capsys.readouterr().out.startswith("[PASS]")
+    assert not lab01.check_on_resnet(lambda g: {op: 1 for op in g.op_counts()}, lambda g: g.depth(), graph)
+    assert "miscounts ResNet-18" in capsys.readouterr().out
+    assert not lab01.check_on_resnet(lambda g: g.op_counts(), lambda g: len(g.nodes), graph)
+    assert "longest path" in capsys.readouterr().out
+    assert not lab01.check_on_resnet(lambda g: g.op_counts(), lambda g: g.depth(), "resnet")
+    assert "graph_from_fx" in capsys.readouterr().out

@@ -7,6 +7,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+import deploykit as dk
 import torch
 
 from deploykit.checks import lab04
@@ -149,7 +151,7 @@ def test_compare_hint_when_session_is_not_created_inside(capsys):
 
 # --------------------------------------------------------------------------- sweep
 
-def rows(models=("digits", "resnet18"), batches=(1, 8), threads=(1, 2)):
+def rows(models=("mlp", "resnet18"), batches=(1, 8), threads=(1, 2)):
     return [{"model": m, "batch": b, "threads": t, "pytorch_ms": 2.0, "ort_ms": 1.0}
             for m in models for b in batches for t in threads]
 
@@ -162,10 +164,102 @@ def test_sweep_passes_complete_results(capsys):
 @pytest.mark.parametrize("results, words", [
     (rows(threads=(1,)), "expected each of [1, 2]"),
     (rows(batches=(1,)), "two batch sizes"),
-    (rows(models=("digits",)), "two models"),
+    (rows(models=("mlp",)), "two models"),
     ([{"model": "digits"}], "keys"),
     ([], "non-empty"),
 ])
 def test_sweep_hints_for_incomplete_results(capsys, results, words):
     result, out = outcome(capsys, lab04.check_sweep(results, threads=[1, 2]))
     assert not result and words in out
+
+
+def digits_rows(pytorch_ms, ort_ms):
+    """A sweep whose digits rows carry the given medians (the check re-measures digits, batch 1, 1 thread)."""
+    out = rows(models=("resnet18",))
+    out += [{"model": "digits", "batch": b, "threads": t, "pytorch_ms": pytorch_ms, "ort_ms": ort_ms,
+             "speedup": pytorch_ms / ort_ms} for b in (1, 8) for t in (1, 2)]
+    return out
+
+
+def test_sweep_passes_fair_digits_figures(capsys):
+    fair_torch, fair_ort = lab04._fair_digits_ms(1)
+    result, out = outcome(capsys, lab04.check_sweep(digits_rows(fair_torch, fair_ort), threads=[1, 2]))
+    assert result, out
+
+
+def test_sweep_hint_when_the_session_is_created_inside_the_timed_call(capsys):
+    import onnxruntime as ort
+
+    x = dk.digits_example_input(1).numpy()
+    fair_torch, _ = lab04._fair_digits_ms(1)
+
+    def unfair():  # a new session on every call: what the check must not pass
+        ort.InferenceSession(str(dk.digits_onnx()), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    unfair_ort = dk.benchmark(unfair, warmup=1, repeats=10).median_ms
+    result, out = outcome(capsys, lab04.check_sweep(digits_rows(fair_torch, unfair_ort), threads=[1, 2]))
+    assert not result and "InferenceSession" in out
+
+
+def test_sweep_hint_when_speedup_is_not_the_ratio(capsys):
+    fair_torch, fair_ort = lab04._fair_digits_ms(1)
+    results = digits_rows(fair_torch, fair_ort)
+    results[-1]["speedup"] = fair_ort / fair_torch
+    result, out = outcome(capsys, lab04.check_sweep(results, threads=[1, 2]))
+    assert not result and "pytorch_ms / ort_ms" in out
+
+
+# --------------------------------------------------------------------------- plot
+
+def draw(results, threads=(1, 2), *, log_x=True, band=True, one=True, title=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    for model in sorted({r["model"] for r in results}):
+        for t in threads:
+            line = [r for r in results if r["model"] == model and r["threads"] == t]
+            ax.plot([r["batch"] for r in line], [r["pytorch_ms"] / r["ort_ms"] for r in line])
+    if one:
+        ax.axhline(1)
+    if band:
+        ax.axhspan(4, 5)
+        ax.axhspan(7, 10)
+    ax.set(xscale="log" if log_x else "linear", xlabel="batch", ylabel="speed-up",
+           title=title if title is not None else f"on {dk.cpu_model()}")
+    plt.close(fig)
+    return ax
+
+
+def sweep_results():
+    out = []
+    for model, base in (("mlp", 2.0), ("resnet18", 3.0)):
+        for b in (1, 8, 64):
+            for t in (1, 2):
+                out.append({"model": model, "batch": b, "threads": t, "pytorch_ms": base * b * t, "ort_ms": 1.0 + b})
+    return out
+
+
+def test_plot_passes(capsys):
+    results = sweep_results()
+    result, out = outcome(capsys, lab04.check_plot(draw(results), results, [1, 2]))
+    assert result, out
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(log_x=False), "log scale"),
+    (dict(band=False), "axhspan"),
+    (dict(one=False), "axhline(1)"),
+    (dict(title="speed-ups"), "dk.cpu_model()"),
+    (dict(threads=(1,)), "one per model and thread count"),
+])
+def test_plot_hints(capsys, options, words):
+    results = sweep_results()
+    result, out = outcome(capsys, lab04.check_plot(draw(results, **options), results, [1, 2]))
+    assert not result and words in out
+
+
+def test_plot_hint_for_a_figure_instead_of_axes(capsys):
+    results = sweep_results()
+    result, out = outcome(capsys, lab04.check_plot(draw(results).figure, results, [1, 2]))
+    assert not result and "Axes" in out

@@ -127,3 +127,39 @@ def test_ort_file(capsys):
     fake.write_bytes(static.read_bytes())
     assert not lab05.check_ort_file(fake)
     assert "not an ORT flatbuffer" in capsys.readouterr().out
+
+
+def test_static_calibrated_on_test_images(split, capsys):
+    on_test = q.quantize_onnx(dk.digits_onnx(), "test_lab05/calibrated_on_test.onnx", "static",
+                              calibration_x=split.x_test, overwrite=True)
+    assert not lab05.check_quantized(on_test, "static")
+    assert "calibrated on the test images" in capsys.readouterr().out
+    fewer_train = q.quantize_onnx(dk.digits_onnx(), "test_lab05/calibrated_on_64_train.onnx", "static",
+                                  calibration_x=split.x_train[:64], overwrite=True)
+    assert lab05.check_quantized(fewer_train, "static")  # less calibration data is allowed (Going further)
+
+
+def write_ort(source, target, disabled):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    options.log_severity_level = 3  # the "hardware specific optimizations" warning is the point of the test
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return target
+
+
+def test_ort_file_with_the_x86_only_nchwc_layout(capsys):
+    from deploykit.ortformat import ort_node_types
+
+    target = write_ort(dk.digits_onnx(), dk.artifact_path("test_lab05/fp32_nchwc.ort"), [])
+    if not any(domain == "com.microsoft.nchwc" for domain, _ in ort_node_types(target)):
+        pytest.skip("this CPU gets no NCHWc layout from ONNX Runtime (it is x86 AVX2/AVX-512 only)")
+    assert not lab05.check_ort_file(target)
+    assert "NchwcTransformer" in capsys.readouterr().out
+    portable = write_ort(dk.digits_onnx(), dk.artifact_path("test_lab05/fp32_portable.ort"), ["NchwcTransformer"])
+    assert not any(domain == "com.microsoft.nchwc" for domain, _ in ort_node_types(portable))
+    assert not lab05.check_ort_file(portable)  # portable, but the float32 file is over the size budget
+    assert "budget" in capsys.readouterr().out

@@ -171,37 +171,90 @@ def test_parity_both_on_train_mode_model(split, capsys):
 
 # Exercise 4 ---------------------------------------------------------------------------------
 
-def bench(label, **kwargs):
-    settings = dict(label=label, warmup=3, repeats=20, threads=1, batch=1)
-    settings.update(kwargs)
-    return dk.benchmark(lambda: sum(range(100)), **settings)
+@pytest.fixture(scope="module")
+def calls(good_path):
+    """One-frame calls: ORT and LiteRT built once (fair), and LiteRT built inside the call (unfair)."""
+    import onnxruntime as ort
+
+    one = dk.load_digits_split().x_test[:1]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(dk.digits_onnx()), options, providers=["CPUExecutionProvider"])
+    interpreter = litert.load_interpreter(good_path, num_threads=1)
+    index = interpreter.get_input_details()[0]["index"]
+
+    def litert_once():
+        interpreter.set_tensor(index, one)
+        interpreter.invoke()
+
+    def litert_built_inside():
+        fresh = litert.load_interpreter(good_path, num_threads=1)
+        fresh.set_tensor(index, one)
+        fresh.invoke()
+
+    def ort_built_inside():
+        ort.InferenceSession(str(dk.digits_onnx()), options, providers=["CPUExecutionProvider"]).run(None, {"input": one})
+
+    return {"ONNX Runtime": lambda: session.run(None, {"input": one}), "LiteRT": litert_once,
+            "litert_built_inside": litert_built_inside, "ort_built_inside": ort_built_inside,
+            "nothing": lambda: None}
 
 
-def test_latency_pass(capsys):
-    assert lab06.check_latency(bench("ONNX Runtime"), bench("LiteRT"))
+@pytest.fixture
+def bench(calls):
+    def measure(label, fn=None, **kwargs):
+        settings = dict(label=label, warmup=3, repeats=20, threads=1, batch=1)
+        settings.update(kwargs)
+        return dk.benchmark(calls[fn or label], **settings)
+    return measure
+
+
+def test_latency_pass(bench, good_path, capsys):
+    assert lab06.check_latency(bench("ONNX Runtime"), bench("LiteRT"), good_path)
     assert outcome(capsys).startswith("[PASS]")
 
 
-def test_latency_threads_not_recorded(capsys):
+def test_latency_interpreter_built_inside_the_timed_function(bench, good_path, capsys):
+    assert not lab06.check_latency(bench("ONNX Runtime"), bench("LiteRT", "litert_built_inside"), good_path)
+    text = outcome(capsys)
+    assert "Interpreter" in text and "created once" in text
+
+
+def test_latency_session_built_inside_the_timed_function(bench, good_path, capsys):
+    assert not lab06.check_latency(bench("ONNX Runtime", "ort_built_inside"), bench("LiteRT"), good_path)
+    assert "InferenceSession" in outcome(capsys)
+
+
+def test_latency_timed_function_does_nothing(bench, good_path, capsys):
+    assert not lab06.check_latency(bench("ONNX Runtime"), bench("LiteRT", "nothing"), good_path)
+    assert "really run the model" in outcome(capsys)
+
+
+def test_latency_threads_not_recorded(bench, capsys):
     assert not lab06.check_latency(bench("ONNX Runtime", threads=None), bench("LiteRT"))
     assert "threads=1" in outcome(capsys)
 
 
-def test_latency_no_warmup(capsys):
+def test_latency_no_warmup(bench, capsys):
     assert not lab06.check_latency(bench("ONNX Runtime"), bench("LiteRT", warmup=0))
     assert "warm-up" in outcome(capsys)
 
 
-def test_latency_too_few_repeats(capsys):
+def test_latency_too_few_repeats(bench, capsys):
     assert not lab06.check_latency(bench("ONNX Runtime", repeats=3), bench("LiteRT"))
     assert "at least 20" in outcome(capsys)
 
 
-def test_latency_not_a_bench_result(capsys):
+def test_latency_not_a_bench_result(bench, capsys):
     assert not lab06.check_latency(0.01, bench("LiteRT"))
     assert "dk.benchmark" in outcome(capsys)
 
 
-def test_latency_same_label(capsys):
-    assert not lab06.check_latency(bench("x"), bench("x"))
+def test_latency_same_label(bench, capsys):
+    assert not lab06.check_latency(bench("x", "LiteRT"), bench("x", "LiteRT"))
     assert "same label" in outcome(capsys)
+
+
+def test_predict_before_the_file_exists(tmp_path, capsys):
+    assert not lab06.check_litert_predict(good_predict, tmp_path / "digits_cnn.tflite")
+    assert "run Exercise 1 first" in outcome(capsys)

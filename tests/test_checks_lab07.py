@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -136,3 +137,58 @@ def test_decision(table, capsys):
     assert "ort_int8" not in lab07.eligible(inaccurate)
     assert not lab07.check_decision(table, "tensorrt")
     assert "one of" in capsys.readouterr().out
+
+
+def test_deployments_small_stripped_model_passes(split, capsys):
+    """The old size rule (int8 < 0.6 x fp32) failed small stripped models whose weights are int8."""
+    import litert_torch
+
+    small = MLP(hidden=16, seed=3)
+    optimiser = torch.optim.Adam(small.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    for _ in range(100):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(small(x), y).backward()
+        optimiser.step()
+    small.eval()
+    example = torch.from_numpy(split.x_test[:2])
+    out = {"pytorch_eager": dk.artifact_path("test_lab07/small.pth")}
+    torch.save(small.state_dict(), out["pytorch_eager"])
+    out["ort_fp32"] = dk.export_onnx(small, example, "test_lab07/small.onnx", overwrite=True)
+    dk.strip_debug_info(out["ort_fp32"])
+    out["ort_int8"] = quantize_onnx(out["ort_fp32"], "test_lab07/small.int8.onnx", "static", split.x_train, overwrite=True)
+    out["litert_fp32"] = dk.artifact_path("test_lab07/small.tflite")
+    litert_torch.convert(small, (example[:1],)).export(str(out["litert_fp32"]))
+    assert out["ort_int8"].stat().st_size > 0.6 * out["ort_fp32"].stat().st_size  # the case the old rule got wrong
+    assert lab07.check_deployments(small, out), capsys.readouterr().out
+
+
+def test_deployments_debug_metadata_left_in(mlp, files, split, capsys):
+    import onnx
+
+    proto = onnx.load(str(files["ort_fp32"]))
+    proto.graph.node[0].metadata_props.add(key="pkg.torch.onnx.stack_trace", value="File /home/me/lab07.py, line 3")
+    unstripped = dk.artifact_path("test_lab07/mlp_unstripped.onnx")
+    onnx.save(proto, str(unstripped))
+    assert not lab07.check_deployments(mlp, {**files, "ort_fp32": unstripped})
+    assert "dk.strip_debug_info" in capsys.readouterr().out
+
+
+def test_deployments_int8_file_with_float_weights(mlp, files, split, capsys):
+    """A QDQ pair on the input only: int8 operators in the file, but every weight still float32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(files["ort_fp32"]))
+    graph = proto.graph
+    source = graph.input[0].name
+    graph.initializer.extend([numpy_helper.from_array(np.array(1 / 255, np.float32), "in_scale"),
+                              numpy_helper.from_array(np.array(0, np.int8), "in_zero")])
+    for node in graph.node:
+        node.input[:] = ["input_dq" if name == source else name for name in node.input]
+    graph.node.insert(0, helper.make_node("DequantizeLinear", ["input_q", "in_scale", "in_zero"], ["input_dq"]))
+    graph.node.insert(0, helper.make_node("QuantizeLinear", [source, "in_scale", "in_zero"], ["input_q"]))
+    activations_only = dk.artifact_path("test_lab07/mlp.activations_only.onnx")
+    onnx.save(proto, str(activations_only))
+    assert not lab07.check_deployments(mlp, {**files, "ort_int8": activations_only})
+    assert "float32 weights" in capsys.readouterr().out

@@ -142,6 +142,19 @@ def check_draw(draw, layout) -> None:
         plt.close(figure) if isinstance(figure, Figure) else None
 
 
+@check("your functions on ResNet-18's graph")
+def check_on_resnet(count_ops, depth, graph: Graph) -> None:
+    """``count_ops`` and ``depth`` give the graph's own answers on a large real graph (ResNet-18)."""
+    require(isinstance(graph, Graph), f"expected the Graph from lab01.graph_from_fx(...), got {type(graph).__name__}")
+    counts = _call(count_ops, graph)
+    require(dict(counts) == dict(graph.op_counts()), "count_ops passed the small graphs but miscounts ResNet-18: "
+            f"it has {sum(graph.op_counts().values())} operators, you counted {sum(dict(counts).values())}; is every "
+            "node of a repeated operator type counted?")
+    got = _call(depth, graph)
+    require(got == graph.depth(), f"depth gives {got} on ResNet-18, the longest path has {graph.depth()} operators: "
+            "residual connections make two paths into each add; the longest one counts")
+
+
 def reference_count_ops(graph: Graph) -> Counter:
     return graph.op_counts()
 
@@ -150,4 +163,4 @@ def reference_depth(graph: Graph) -> int:
     return graph.depth()
 
 
-__all__ = ["check_count_ops", "check_depth", "check_draw", "check_layout", "graph_from_fx", "sample_graphs"]
+__all__ = ["check_count_ops", "check_depth", "check_draw", "check_layout", "check_on_resnet", "graph_from_fx", "sample_graphs"]

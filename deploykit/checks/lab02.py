@@ -13,6 +13,9 @@ from .. import pitfalls as P
 from . import check, require
 
 MODELS = P.LAB02
+#: What the lab's given cells must never print (tests/test_lab_integrity.py): the answers of Exercise 1.
+ANSWER_PHRASES = ("decoy", "traces correctly", "depends on the data", "read as a python float", "in a python loop",
+                  "only for inputs whose mean")
 WRONG = tuple(k for k, p in MODELS.items() if p.kind != "none")
 
 _KIND_HINTS = {

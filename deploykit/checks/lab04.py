@@ -8,6 +8,7 @@ mismatched threads or with autograd left on is caught, whatever numbers it print
 from __future__ import annotations
 
 import inspect
+import math
 import statistics
 import time
 from contextlib import contextmanager
@@ -236,6 +237,81 @@ def check_sweep(results, threads) -> None:
         for batch in batches:
             got = sorted({row["threads"] for row in results if row["model"] == model and row["batch"] == batch})
             require(got == threads, f"{model} batch {batch}: measured at threads {got}; expected each of {threads}")
+    for row in results:
+        if "speedup" in row:
+            require(math.isclose(row["speedup"], row["pytorch_ms"] / row["ort_ms"], rel_tol=1e-6),
+                    f"{row['model']} batch {row['batch']}: speedup should be pytorch_ms / ort_ms")
+    digits_rows = [row for row in results if row["model"] == "digits" and row["threads"] == 1]
+    if digits_rows:
+        row = min(digits_rows, key=lambda r: r["batch"])
+        fair_torch, fair_ort = _fair_digits_ms(row["batch"])
+        for runtime, got, fair, cause in (
+                ("pytorch_ms", row["pytorch_ms"], fair_torch, "is it timed with autograd on (torch.inference_mode), "
+                 "without warm-up, or with the model or input rebuilt inside the timed call?"),
+                ("ort_ms", row["ort_ms"], fair_ort, "is the InferenceSession created inside the timed call, or the "
+                 "input converted (x.numpy()) there? Build both once, time only session.run")):
+            ratio = got / fair
+            require(1 / UNFAIR_FACTOR < ratio < UNFAIR_FACTOR,
+                    f"digits batch {row['batch']}, 1 thread: your {runtime} is {got:.4f} ms, {ratio:.1f}x what the check "
+                    f"measures the fair way ({fair:.4f} ms): {cause}" if ratio > 1 else
+                    f"digits batch {row['batch']}, 1 thread: your {runtime} is {got:.4f} ms, far below one inference "
+                    f"here ({fair:.4f} ms): does the timed call run the model on the whole batch?")
 
 
-__all__ = ["SlowStart", "check_compare_runtimes", "check_sweep", "check_time_it"]
+#: A sweep's figure may differ from the check's own fair measurement by this factor (noise, load).
+UNFAIR_FACTOR = 4.0
+
+
+def _fair_digits_ms(batch: int) -> tuple[float, float]:
+    """Median ms of the digits model at ``batch``, one thread: PyTorch eager and ONNX Runtime, the fair way."""
+    import onnxruntime as ort
+    import torch
+
+    from ..bench import benchmark
+    from ..exports import digits_onnx
+    from ..models import digits_example_input, digits_model
+
+    x = digits_example_input(batch)
+    model = digits_model().eval()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(digits_onnx()), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def run_torch():
+            with torch.inference_mode():
+                model(x)
+        torch_ms = benchmark(run_torch, warmup=5, repeats=30, threads=1).median_ms
+    finally:
+        torch.set_num_threads(before)
+    ort_ms = benchmark(lambda: session.run(None, feed), warmup=5, repeats=30, threads=1).median_ms
+    return torch_ms, ort_ms
+
+
+# ---------------------------------------------------------------- exercise 4: the plot
+
+@check("plot: speed-up against batch size, one line per model and thread count")
+def check_plot(ax, results, threads) -> None:
+    from matplotlib.axes import Axes
+
+    require(isinstance(ax, Axes), f"pass the Axes you drew on (fig, ax = plt.subplots()), got {type(ax).__name__}")
+    require(ax.get_xscale() == "log", "the batch sizes span 1 to 256: use a log scale on x (ax.set_xscale('log'))")
+    require(ax.get_xlabel().strip() and ax.get_ylabel().strip(), "label both axes (what is on x, what is on y, in which unit)")
+    from ..bench import cpu_model
+
+    require(cpu_model() in ax.get_title(), "put the CPU in the title (dk.cpu_model()): a speed-up belongs to a machine")
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) >= 2 and len(set(map(float, line.get_ydata()))) > 1]
+    models = {row["model"] for row in results}
+    expected = len(models) * len(set(threads))
+    require(len(lines) >= expected, f"{len(lines)} data line(s): draw one per model and thread count ({expected})")
+    plotted = {round(float(y), 6) for line in lines for y in line.get_ydata()}
+    measured = {round(float(row["pytorch_ms"] / row["ort_ms"]), 6) for row in results}
+    require(measured <= plotted, "some measured speed-ups are not on the plot: plot pytorch_ms / ort_ms of every row")
+    flat_at_one = [line for line in ax.get_lines() if set(map(float, line.get_ydata())) == {1.0}]
+    require(flat_at_one, "draw the line of no speed-up: ax.axhline(1)")
+    require(len(ax.patches) >= 2, "shade the notes' two claims as bands: ax.axhspan(4, 5) and ax.axhspan(7, 10)")
+
+
+__all__ = ["SlowStart", "check_compare_runtimes", "check_plot", "check_sweep", "check_time_it"]

@@ -86,6 +86,32 @@ def check_helpers(size_kb, accuracy_of) -> None:
             "split.x_test against split.y_test with argmax over the 10 logits")
 
 
+def _activation_scales(path: Path) -> dict[str, float]:
+    """Scale of every activation QuantizeLinear in a QDQ model, by the name of the tensor it quantises."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    return {node.input[0]: float(numpy_helper.to_array(initializers[node.input[1]]).reshape(-1)[0])
+            for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in initializers and node.input[1] in initializers}
+
+
+def _calibrated_on_test_images(path: Path) -> bool:
+    """True if ``path``'s activation scales equal those of a MinMax calibration on the test split."""
+    from ..exports import digits_onnx
+    from ..quantize import quantize_onnx
+
+    reference = quantize_onnx(digits_onnx(), "checks/lab05_calibrated_on_test.onnx", "static",
+                              calibration_x=_split().x_test)
+    mine, test_scales = _activation_scales(path), _activation_scales(reference)
+    shared = [name for name in mine if name in test_scales and name != "input"]  # the input's range is the same
+    if len(shared) < 3:
+        return False  # another graph: cannot tell
+    return all(math.isclose(mine[name], test_scales[name], rel_tol=1e-5) for name in shared)
+
+
 @check("int8 quantised model")
 def check_quantized(path, kind: str) -> None:
     """``path`` is an int8 model of the given ``kind`` ("dynamic" or "static"), smaller than fp32."""
@@ -110,6 +136,10 @@ def check_quantized(path, kind: str) -> None:
     accuracy = _accuracy(path)
     require(accuracy >= 0.9, f"{path.name} scores only {accuracy:.3f}: check the calibration data "
             "(digits train images, float32, NCHW, scaled to [0, 1])")
+    if kind == "static":
+        require(not _calibrated_on_test_images(path), f"{path.name} was calibrated on the test images (its activation "
+                "scales are exactly those the test split gives): calibrate on split.x_train, never on the data "
+                "you score on, or the accuracy you report is optimistic")
 
 
 @check("single-thread latency table")
@@ -166,6 +196,11 @@ def check_ort_file(path) -> None:
     require(path.suffix == ".ort", f"{path.name} is an ONNX protobuf: convert it to the ORT format (.ort), "
             "e.g. with session option session.save_model_format=ORT or convert_onnx_models_to_ort")
     require(path.read_bytes()[4:8] == b"ORTM", f"{path.name} ends in .ort but is not an ORT flatbuffer (no 'ORTM' identifier)")
+    from ..ortformat import ort_node_types
+
+    x86_only = sorted(op for domain, op in ort_node_types(path) if domain == "com.microsoft.nchwc")
+    require(not x86_only, f"{path.name} holds x86-only NCHWc nodes ({', '.join(x86_only)}): an ARM phone cannot run "
+            "them. Write the file again with disabled_optimizers=[\"NchwcTransformer\"] in ort.InferenceSession(...)")
     check_budget.__wrapped__(path)
 
 

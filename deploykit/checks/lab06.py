@@ -78,6 +78,9 @@ def check_conversion(tflite_path, model=None) -> None:
 @check("Exercise 2: litert_predict runs the interpreter on every image")
 def check_litert_predict(litert_predict, tflite_path) -> None:
     require(callable(litert_predict), f"expected your function litert_predict, got {type(litert_predict).__name__}")
+    require(isinstance(tflite_path, (str, Path)), f"expected the path of your .tflite file, got {type(tflite_path).__name__}")
+    require(Path(tflite_path).is_file(), f"{Path(tflite_path).name} does not exist yet: run Exercise 1 first "
+            "(it converts the model and writes the file)")
     x = _test_x()[:TEST_ROWS]
     y = _as_array(litert_predict(tflite_path, x), "litert_predict's result")
     require(y.shape != (1, 10), f"got shape {y.shape} for {TEST_ROWS} images: the model takes one image per "
@@ -115,12 +118,54 @@ def check_parity(ort_logits, litert_logits) -> None:
 
 
 @check("Exercise 4: latency measured fairly (1 thread, batch 1, warm-up, repeats)")
-def check_latency(ort_result, litert_result) -> None:
+def check_latency(ort_result, litert_result, tflite_path=None) -> None:
     for name, result in (("ort_result", ort_result), ("litert_result", litert_result)):
         require_fair_benchmark(name, result, threads=1, batch=1, min_warmup=1, min_repeats=20)
     require(ort_result.label != litert_result.label or not ort_result.label,
             "both results carry the same label: label them 'ONNX Runtime' and 'LiteRT'")
     require(ort_result is not litert_result, "you passed the same result twice")
+    # Re-measure both the fair way (session and interpreter built once, outside the timing) and
+    # compare: building either inside the timed function costs tens of times a call.
+    fair_ort, fair_litert = _fair_latencies(tflite_path)
+    for name, result, fair, built in (("ort_result", ort_result, fair_ort, "the InferenceSession"),
+                                      ("litert_result", litert_result, fair_litert, "the Interpreter (or allocate_tensors)")):
+        if fair is None:
+            continue
+        ratio = result.median_ms / fair
+        require(ratio < SLOWER_THAN_FAIR, f"{name}: median {result.median_ms:.3f} ms is {ratio:.0f}x what the check "
+                f"measures with {built} created once ({fair:.3f} ms): is {built} created inside the timed "
+                "function? Create it once, time only the calls")
+        require(ratio > 1 / SLOWER_THAN_FAIR, f"{name}: median {result.median_ms:.4f} ms is far below what one "
+                f"inference takes here ({fair:.3f} ms): does the timed function really run the model?")
+
+
+#: A learner's median may differ from the check's own fair measurement by this factor (load, noise).
+SLOWER_THAN_FAIR = 5.0
+
+
+def _fair_latencies(tflite_path) -> tuple[float, float | None]:
+    """Median ms per call of ORT on dk.digits_onnx() and of LiteRT on ``tflite_path`` (None if absent)."""
+    import onnxruntime as ort
+
+    from ..bench import benchmark
+    from ..litert import load_interpreter
+    from ..exports import digits_onnx
+
+    one = _test_x()[:1]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(digits_onnx()), options, providers=["CPUExecutionProvider"])
+    ort_ms = benchmark(lambda: session.run(None, {"input": one}), warmup=5, repeats=50, threads=1).median_ms
+    if tflite_path is None or not Path(tflite_path).is_file():
+        return ort_ms, None
+    interpreter = load_interpreter(tflite_path, num_threads=1)
+    index = interpreter.get_input_details()[0]["index"]
+
+    def invoke():
+        interpreter.set_tensor(index, one)
+        interpreter.invoke()
+
+    return ort_ms, benchmark(invoke, warmup=5, repeats=50, threads=1).median_ms
 
 
 __all__ = ["check_conversion", "check_latency", "check_litert_predict", "check_parity"]
