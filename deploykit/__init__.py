@@ -24,7 +24,7 @@ _LAZY = {
     "digits_example_input": "models", "torchvision_model": "models", "torchvision_names": "models",
     "accuracy": "models", "count_parameters": "models",
     "benchmark": "bench", "BenchResult": "bench", "machine_info": "bench", "print_machine_info": "bench",
-    "cpu_model": "bench", "cpu_features": "bench", "percentile": "bench",
+    "cpu_model": "bench", "cpu_features": "bench", "percentile": "bench", "time_scale": "bench",
     "parity_report": "parity", "ParityReport": "parity",
     "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",

@@ -47,6 +47,28 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+#: Environment variable: how many times slower than a real CPU this one runs (an emulated CPU).
+TIME_SCALE_VARIABLE = "DEPLOYKIT_TIME_SCALE"
+
+
+def time_scale() -> float:
+    """How much slower than real hardware this CPU is declared to be (1.0 unless set).
+
+    ``make test-portable`` runs notebooks on a CPU emulated by qemu-user, tens of times slower than
+    the real one. It sets ``DEPLOYKIT_TIME_SCALE`` so that latency *budgets* (a lab's frame budget)
+    and the amount of repeated work a notebook does scale with it, while what the run checks (the
+    numerics) stays the same. On real hardware nothing changes.
+    """
+    raw = os.environ.get(TIME_SCALE_VARIABLE, "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIME_SCALE_VARIABLE} expected a number >= 1, got {raw!r}") from None
+    if not value >= 1:
+        raise ValueError(f"{TIME_SCALE_VARIABLE} expected a number >= 1, got {raw!r}")
+    return value
+
+
 def benchmark(
     fn: Callable[[], object],
     *,

@@ -108,3 +108,29 @@ def test_intensity_grows_with_batch_for_the_course_models():
 def test_roofline_is_the_lower_of_the_two_ceilings():
     assert roofline(100.0, 10.0, 2.0) == 20.0
     assert roofline(100.0, 10.0, 50.0) == 100.0
+
+
+def test_time_scale_defaults_to_one_and_validates(monkeypatch):
+    import pytest
+
+    from deploykit.bench import time_scale
+
+    monkeypatch.delenv("DEPLOYKIT_TIME_SCALE", raising=False)
+    assert time_scale() == 1.0
+    monkeypatch.setenv("DEPLOYKIT_TIME_SCALE", "50")
+    assert time_scale() == 50.0
+    for bad in ("fast", "0.5", "nan"):
+        monkeypatch.setenv("DEPLOYKIT_TIME_SCALE", bad)
+        with pytest.raises(ValueError, match="DEPLOYKIT_TIME_SCALE expected a number >= 1"):
+            time_scale()
+
+
+def test_lab07_frame_budget_scales_on_an_emulated_cpu(monkeypatch):
+    import importlib
+
+    from deploykit.checks import lab07
+
+    monkeypatch.setenv("DEPLOYKIT_TIME_SCALE", "50")
+    scaled = importlib.reload(lab07).FRAME_BUDGET_MS
+    monkeypatch.delenv("DEPLOYKIT_TIME_SCALE")
+    assert abs(importlib.reload(lab07).FRAME_BUDGET_MS * 50 - scaled) < 1e-9
