@@ -33,7 +33,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "quantize", "setup_check"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "quantize", "radio", "setup_check"}
 
 
 def __getattr__(name: str):

@@ -125,3 +125,18 @@ def test_pytest_never_collects_labs():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "labs" in config["norecursedirs"] and "labs" not in config["testpaths"]
     assert "--nbval-lax" not in config["addopts"]
+
+
+def test_a_line_the_given_code_also_has_is_not_a_leak(tmp_path):
+    solutions, labs = tmp_path / "solutions", tmp_path / "labs"
+    nb = nbformat.v4.new_notebook()
+    shared = "with torch.inference_mode():"
+    nb.cells = [nbformat.v4.new_code_cell(f"{shared}\n    y = model(x)"),
+                nbformat.v4.new_code_cell(f"# BEGIN SOLUTION\n{shared}\n    z = secret_answer(x)\n# END SOLUTION")]
+    solutions.mkdir()
+    nbformat.write(nb, solutions / "lab98_shared.ipynb")
+    make_labs.write(solutions, labs)
+    assert make_labs.check(solutions, labs) == []
+    lab_path = labs / "lab98_shared.ipynb"
+    lab_path.write_text(lab_path.read_text().replace("# YOUR CODE HERE", "z = secret_answer(x)"))
+    assert any("leaks solution code" in p and "secret_answer" in p for p in make_labs.check(solutions, labs))

@@ -1,0 +1,219 @@
+"""Lab 09 checks: the right attempt passes; each wrong attempt gets its hint, not a pass.
+
+Wrong attempts: a translation that changes the math, a fixed-batch export, the exporter's own
+(unstable) logcumsumexp checked at a strong signal, a naive log(cumsum(exp)) rewrite, a rewrite
+passed as the reference, an intermediate tensor from the wrong layer, an incomplete record.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from onnxscript import opset18 as op
+
+import deploykit as dk
+from deploykit.checks import lab09
+from deploykit.radio import RadioNet, load_radio_split, radio_signals, train_radio_model
+
+
+def outcome(capsys) -> str:
+    return capsys.readouterr().out.strip()
+
+
+class StableRadioNet(RadioNet):
+    def magnitude(self, iq):
+        i, q = iq[:, 0:1], iq[:, 1:2]
+        return torch.sqrt(i * i + q * q)
+
+    def running_energy(self, h):
+        steps = h.shape[-1]
+        causal = torch.ones(steps, steps, dtype=torch.bool).tril()
+        pairs = h.unsqueeze(-2).expand(*h.shape[:-1], steps, steps)
+        return torch.logsumexp(pairs.masked_fill(~causal, float("-inf")), dim=-1)
+
+
+class NaiveRadioNet(StableRadioNet):
+    def running_energy(self, h):
+        return torch.log(torch.cumsum(torch.exp(h), dim=-1))   # right on paper, overflows float32
+
+
+class WrongRadioNet(StableRadioNet):
+    def running_energy(self, h):
+        return torch.cumsum(h, dim=-1)                          # not the same function
+
+
+def hypot_onnx(self, other):
+    return op.Sqrt(op.Add(op.Mul(self, self), op.Mul(other, other)))
+
+
+def hypot_wrong(self, other):
+    return op.Sqrt(op.Add(self, other))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train_radio_model(load_radio_split())  # trained: its features reach the ranges where exp overflows
+
+
+def copy_of(cls, model):
+    out = cls().eval()
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+def export(model, name, *, table=None, dynamic=True):
+    sample = torch.from_numpy(radio_signals(2, seed=5)[0])
+    path = dk.artifact_path(f"test_lab09/{name}.onnx")
+    kwargs = {"dynamic_shapes": {"iq": {0: torch.export.Dim("batch", min=1, max=1024)}}} if dynamic else {}
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        program = torch.onnx.export(model, (sample,), dynamo=True, verbose=False, input_names=["iq"],
+                                    output_names=["logits"], custom_translation_table=table, **kwargs)
+    program.save(path, external_data=False)
+    return path
+
+
+def convert(model, name):
+    import litert_torch
+
+    sample = torch.from_numpy(radio_signals(1, seed=5)[0])
+    path = dk.artifact_path(f"test_lab09/{name}.tflite")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        litert_torch.convert(model, (sample,)).export(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_files(model):
+    table = {torch.ops.aten.hypot.default: hypot_onnx}
+    return {"translated": export(model, "translated", table=table),
+            "wrong_translation": export(model, "wrong_translation", table={torch.ops.aten.hypot.default: hypot_wrong}),
+            "fixed_batch": export(model, "fixed_batch", table=table, dynamic=False),
+            "stable": export(copy_of(StableRadioNet, model), "stable")}
+
+
+# Exercises 1 and 3: ONNX -------------------------------------------------------------------
+
+def test_onnx_translated_passes_at_the_training_level(model, onnx_files, capsys):
+    assert lab09.check_onnx(onnx_files["translated"], model)
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_onnx_exporters_logcumsumexp_fails_at_a_strong_signal(model, onnx_files, capsys):
+    assert not lab09.check_onnx(onnx_files["translated"], model, gains=lab09.GAINS)
+    assert "inf/nan" in outcome(capsys)
+
+
+def test_onnx_stable_rewrite_passes_at_every_gain(model, onnx_files, capsys):
+    assert lab09.check_onnx(onnx_files["stable"], model, gains=lab09.GAINS)
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_onnx_translation_that_changes_the_math(model, onnx_files, capsys):
+    assert not lab09.check_onnx(onnx_files["wrong_translation"], model)
+    assert "sqrt(a*a + b*b)" in outcome(capsys)
+
+
+def test_onnx_fixed_batch(model, onnx_files, capsys):
+    assert not lab09.check_onnx(onnx_files["fixed_batch"], model)
+    assert "dynamic batch" in outcome(capsys)
+
+
+def test_onnx_compared_with_the_rewrite_instead_of_the_original(model, onnx_files, capsys):
+    assert not lab09.check_onnx(onnx_files["stable"], copy_of(StableRadioNet, model))
+    assert "ORIGINAL" in outcome(capsys)
+
+
+def test_onnx_missing_file(model, capsys):
+    assert not lab09.check_onnx(dk.artifact_path("test_lab09/never_written.onnx"), model)
+    assert "does not exist yet" in outcome(capsys)
+
+
+# Exercise 2: LiteRT ------------------------------------------------------------------------
+
+def test_litert_stable_rewrite_passes(model, capsys):
+    assert lab09.check_litert(convert(copy_of(StableRadioNet, model), "stable"), model)
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_litert_naive_rewrite_overflows_at_a_strong_signal(model, capsys):
+    assert not lab09.check_litert(convert(copy_of(NaiveRadioNet, model), "naive"), model)
+    assert "overflows" in outcome(capsys)
+
+
+def test_litert_rewrite_that_changes_the_math(model, capsys):
+    assert not lab09.check_litert(convert(copy_of(WrongRadioNet, model), "wrong"), model)
+    assert "exactly what torch.hypot and torch.logcumsumexp compute" in outcome(capsys)
+
+
+def test_litert_training_mode(model, capsys):
+    training = copy_of(RadioNet, model).train()
+    assert not lab09.check_litert(dk.artifact_path("test_lab09/stable.tflite"), training)
+    assert "model.eval()" in outcome(capsys)
+
+
+# Exercise 4: inside the graph --------------------------------------------------------------
+
+def hook_value(model, x, index):
+    captured = {}
+    hook = model.features[index].register_forward_hook(lambda m, a, out: captured.__setitem__("v", out.detach().numpy().copy()))
+    with torch.inference_mode():
+        model(torch.from_numpy(x))
+    hook.remove()
+    return captured["v"]
+
+
+def test_intermediate_right_layer_passes(model, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    assert lab09.check_intermediate(model, probe, hook_value(model, probe, 1), hook_value(model, probe, 1))
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_intermediate_wrong_layer(model, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    assert not lab09.check_intermediate(model, probe, hook_value(model, probe, 3), hook_value(model, probe, 1))
+    assert "output of features.3" in outcome(capsys)
+
+
+def test_intermediate_before_the_relu(model, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    assert not lab09.check_intermediate(model, probe, hook_value(model, probe, 1), hook_value(model, probe, 0))
+    assert "output of features.0" in outcome(capsys)
+
+
+def test_intermediate_same_array_twice(model, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    value = hook_value(model, probe, 1)
+    assert not lab09.check_intermediate(model, probe, value, value)
+    assert "same object" in outcome(capsys)
+
+
+# Exercise 5: the record --------------------------------------------------------------------
+
+def test_breakages_right(capsys):
+    assert lab09.check_breakages({"onnx": ["aten.hypot", "aten.logcumsumexp"],
+                                  "litert": ["aten.hypot.default", "torch.logcumsumexp"]})
+    assert outcome(capsys).startswith("[PASS]")
+
+
+@pytest.mark.parametrize("record, words", [
+    ({"onnx": ["aten.hypot"], "litert": ["aten.hypot", "aten.logcumsumexp"]}, "silent failures"),
+    ({"onnx": ["aten.hypot", "aten.logcumsumexp"], "litert": ["aten.hypot"]}, "convert again after each fix"),
+    ({"onnx": ["aten.hypot", "aten.logcumsumexp", "aten.conv1d"], "litert": ["aten.hypot", "aten.logcumsumexp"]},
+     "handled"),
+    ({"onnx": "aten.hypot", "litert": []}, "list of operator names"),
+    (["aten.hypot"], "keys 'onnx' and 'litert'"),
+])
+def test_breakages_wrong(capsys, record, words):
+    assert not lab09.check_breakages(record)
+    assert words in outcome(capsys)
+
+
+def test_rewrites_used_here_are_what_the_tests_say(model):
+    """The test's stable rewrite equals the original; the naive one overflows at gain 100."""
+    x = torch.from_numpy(radio_signals(4, seed=3)[0])
+    with torch.inference_mode():
+        assert torch.allclose(copy_of(StableRadioNet, model)(x * 100), model(x * 100), atol=1e-3, rtol=1e-4)
+        assert not torch.isfinite(copy_of(NaiveRadioNet, model)(x * 100)).all()
