@@ -63,15 +63,27 @@ def native_stdout_silenced():
         yield
 
 
+def _flush_c_streams() -> None:
+    """Flush C stdio buffers (``fflush(NULL)``): a library's buffered ``printf`` must land while silenced."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask (unusual platforms): nothing buffered to lose
+        pass
+
+
 @contextlib.contextmanager
 def _descriptor_silenced(stream, fd: int):
     stream.flush()
+    _flush_c_streams()
     saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)
         yield
     finally:
+        _flush_c_streams()
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
