@@ -10,7 +10,7 @@ import importlib
 
 from . import _quiet  # noqa: F401  (must run before torch / litert_torch are imported)
 from . import _offline  # noqa: F401  (under the tests: refuse non-loopback connections)
-from ._quiet import native_stderr_silenced, native_stdout_silenced
+from ._quiet import native_stderr_captured, native_stderr_silenced, native_stdout_silenced
 from .paths import artifact_path, artifacts_dir, repo_root
 from .seeding import seed_everything
 
@@ -33,7 +33,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "quantize", "radio", "setup_check"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "profiling", "quantize", "radio", "setup_check"}
 
 
 def __getattr__(name: str):
@@ -49,4 +49,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))
 
 
-__all__ = ["artifact_path", "artifacts_dir", "native_stderr_silenced", "native_stdout_silenced", "repo_root", "seed_everything", *_LAZY]
+__all__ = ["artifact_path", "artifacts_dir", "native_stderr_captured", "native_stderr_silenced", "native_stdout_silenced", "repo_root", "seed_everything", *_LAZY]

@@ -73,6 +73,37 @@ def _flush_c_streams() -> None:
         pass
 
 
+class CapturedText:
+    """What a native library wrote while captured; ``.text`` is filled when the block ends."""
+
+    text = ""
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Like :func:`native_stderr_silenced`, but keep what was written (``with ... as log:`` then ``log.text``).
+
+    For the lines a library logs *instead of* putting them in its exception (LiteRT's accelerator
+    errors), so a notebook can show the one line that names the cause.
+    """
+    import tempfile
+
+    captured = CapturedText()
+    sys.stderr.flush()
+    _flush_c_streams()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            _flush_c_streams()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace")
+
+
 @contextlib.contextmanager
 def _descriptor_silenced(stream, fd: int):
     stream.flush()

@@ -350,3 +350,14 @@ def test_strip_debug_info_removes_machine_paths_and_keeps_outputs(tmp_artifacts)
         dk.strip_debug_info(tmp_artifacts / "m.tflite")
     with pytest.raises(FileNotFoundError, match="existing .onnx"):
         dk.strip_debug_info(tmp_artifacts / "missing.onnx")
+
+
+def test_native_stderr_captured_keeps_what_native_code_wrote():
+    import ctypes
+
+    import deploykit as dk
+
+    libc = ctypes.CDLL(None)
+    with dk.native_stderr_captured() as log:
+        libc.write(2, b"native line\n", 12)
+    assert log.text == "native line\n"
