@@ -89,32 +89,35 @@ def native_stderr_captured():
     import tempfile
 
     captured = CapturedText()
-    sys.stderr.flush()
-    _flush_c_streams()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         try:
-            os.dup2(sink.fileno(), 2)
-            yield captured
+            with _descriptor_redirected(sys.stderr, 2, sink.fileno()):
+                yield captured
         finally:
-            _flush_c_streams()
-            os.dup2(saved, 2)
-            os.close(saved)
             sink.seek(0)
             captured.text = sink.read().decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
 def _descriptor_silenced(stream, fd: int):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _descriptor_redirected(stream, fd, devnull):
+            yield
+    finally:
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _descriptor_redirected(stream, fd: int, target: int):
+    """Point file descriptor ``fd`` at ``target`` inside the block, C buffers flushed on both sides."""
     stream.flush()
     _flush_c_streams()
     saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, fd)
+        os.dup2(target, fd)
         yield
     finally:
         _flush_c_streams()
         os.dup2(saved, fd)
         os.close(saved)
-        os.close(devnull)

@@ -264,18 +264,16 @@ UNFAIR_FACTOR = 4.0
 
 def _fair_digits_ms(batch: int) -> tuple[float, float]:
     """Median ms of the digits model at ``batch``, one thread: PyTorch eager and ONNX Runtime, the fair way."""
-    import onnxruntime as ort
     import torch
 
     from ..bench import benchmark
     from ..exports import digits_onnx
     from ..models import digits_example_input, digits_model
+    from ..quantize import session as ort_session
 
     x = digits_example_input(batch)
     model = digits_model().eval()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(digits_onnx()), options, providers=["CPUExecutionProvider"])
+    session = ort_session(digits_onnx(), threads=1)
     feed = {session.get_inputs()[0].name: x.numpy()}
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -145,16 +145,13 @@ SLOWER_THAN_FAIR = 5.0
 
 def _fair_latencies(tflite_path) -> tuple[float, float | None]:
     """Median ms per call of ORT on dk.digits_onnx() and of LiteRT on ``tflite_path`` (None if absent)."""
-    import onnxruntime as ort
-
     from ..bench import benchmark
-    from ..litert import load_interpreter
     from ..exports import digits_onnx
+    from ..litert import load_interpreter
+    from ..quantize import session as ort_session
 
     one = _test_x()[:1]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(digits_onnx()), options, providers=["CPUExecutionProvider"])
+    session = ort_session(digits_onnx(), threads=1)
     ort_ms = benchmark(lambda: session.run(None, {"input": one}), warmup=5, repeats=50, threads=1).median_ms
     if tflite_path is None or not Path(tflite_path).is_file():
         return ort_ms, None
