@@ -181,6 +181,18 @@ def print_machine_info() -> None:
 
 P90_MIN_SAMPLES = 20  # below this many samples a "p90" is (almost) the maximum: print the maximum
 
+# Lecture 06's speed table, (model, batch) -> (warm-up calls, timed calls) per round, for 3 rounds.
+# One source for the notebook and tools/bench_ort_vs_torch.py. Sized so that 06 runs in under a
+# minute on 2 cores, even in a fresh clone that must export ResNet-18 first: ResNet-18 gets fewer
+# than P90_MIN_SAMPLES samples, so its tail is printed as the maximum; the digits CNN gets a p90.
+SPEED_PLAN = {
+    ("resnet18", 1): (1, 5),
+    ("resnet18", 2): (1, 1),
+    ("digits", 1): (20, 100),
+    ("digits", 256): (3, 10),
+}
+SPEED_ROUNDS = 3
+
 
 @dataclass(frozen=True)
 class RoundsResult:

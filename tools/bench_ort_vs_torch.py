@@ -2,7 +2,7 @@
 """PyTorch eager vs ONNX Runtime latency, outside a notebook: the cross-check of lecture 06.
 
 Measures the same configurations as ``notebooks/06_ort_vs_pytorch_speed.ipynb`` (ResNet-18 at
-batch 1 and 8, the course digits CNN at batch 1 and 256; 1 thread and all usable cores), with the
+batch 1 and 2, the course digits CNN at batch 1 and 256; 1 thread and all usable cores), with the
 same protocol (``deploykit.bench.benchmark_rounds``: 3 rounds, each runtime timed in a block of
 warm-up + repeats, the order alternated between rounds; the same threads for both runtimes,
 PyTorch under ``torch.inference_mode``, ONNX Runtime with ``intra_op_num_threads`` = threads and
@@ -34,16 +34,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
+from deploykit.bench import SPEED_PLAN as PLAN  # noqa: E402  the notebook's plan: (model, batch) -> (warm-up, timed)
+from deploykit.bench import SPEED_ROUNDS as ROUNDS  # noqa: E402
 from deploykit.bench import benchmark_rounds, speedup_spread  # noqa: E402
-
-# The notebook's configurations: (model, batch) -> (warm-up calls, timed calls) per round.
-PLAN = {
-    ("resnet18", 1): (2, 7),
-    ("resnet18", 8): (1, 2),
-    ("digits", 1): (20, 100),
-    ("digits", 256): (3, 10),
-}
-ROUNDS = 3
 
 
 def usable_cores() -> int:

@@ -3,13 +3,17 @@
 
 Each notebook runs in a fresh kernel in its own folder, as under ``pytest --nbval``; nothing is
 written back to the notebook. Peak memory is the larger of the kernel's own peak resident set
-(``VmHWM``, exact) and the largest total resident set of the kernel plus the processes it started
-(sampled every 0.1 s, for notebooks that start subprocesses). Writes a Markdown table (``--output``) and
-prints it.
+(``VmHWM``, exact) and the largest memory in use by the kernel plus the processes it started
+(sampled every 0.1 s, for notebooks that start subprocesses). That sum adds up each process's
+proportional set size (PSS: a page shared by n processes, such as libtorch's code mapped by the
+kernel and by a child that also imports torch, counts 1/n in each), so shared pages are counted
+once, as the machine holds them; a sum of resident sets would count them once per process.
+Writes a Markdown table (``--output``) and prints it.
 
     .venv/bin/python tools/profile_notebooks.py --output docs/profile.md
     .venv/bin/python tools/profile_notebooks.py notebooks/06_*.ipynb     # just some
     .venv/bin/python tools/profile_notebooks.py --cold --output docs/profile-cold.md
+    .venv/bin/python tools/profile_notebooks.py --slowest 5 notebooks/06_*.ipynb   # where the time goes
 
 ``--cold`` gives every notebook its own empty artifacts folder, as in a fresh clone: it proves
 each notebook runs on its own (building what it needs) and measures its worst case.
@@ -46,6 +50,17 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def _pss_bytes(pid: int) -> int:
+    # Proportional set size of one process (Linux 4.14+: /proc/<pid>/smaps_rollup); 0 once it has exited.
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class ChildWatcher(threading.Thread):
     """Samples the resident memory of the kernel and of the processes it started."""
 
@@ -57,8 +72,10 @@ class ChildWatcher(threading.Thread):
         while not self.stop.wait(0.1):
             try:
                 kernel = psutil.Process(self.pid)
-                total = kernel.memory_info().rss + sum(c.memory_info().rss for c in kernel.children(recursive=True))
-                self.total_mb = max(self.total_mb, total / 2**20)
+                children = kernel.children(recursive=True)
+                if children:  # shared pages once: the sum of proportional set sizes
+                    total = sum(_pss_bytes(p.pid) for p in (kernel, *children))
+                    self.total_mb = max(self.total_mb, total / 2**20)
                 self.kernel_mb = max(self.kernel_mb, _hwm_mb(self.pid))
             except psutil.Error:
                 pass
@@ -74,12 +91,17 @@ def profile(path: Path, timeout: int) -> dict:
     start = time.perf_counter()
     status = "ok"
     watcher = None
+    cells = []  # (seconds, cell index, first line of code, peak MB after the cell)
     try:
         with client.setup_kernel():
             watcher = ChildWatcher(client.km.provisioner.process.pid)
             watcher.start()
             for index, cell in enumerate(nb.cells):
+                began = time.perf_counter()
                 client.execute_cell(cell, index)
+                if cell.cell_type == "code":
+                    peak_so_far = max(_hwm_mb(watcher.pid), watcher.total_mb)
+                    cells.append((time.perf_counter() - began, index, _first_line(cell.source), peak_so_far))
             watcher.kernel_mb = max(watcher.kernel_mb, _hwm_mb(watcher.pid))
     except Exception as error:  # noqa: BLE001 - a failing notebook is reported, not fatal
         status = f"error: {type(error).__name__}"
@@ -88,7 +110,14 @@ def profile(path: Path, timeout: int) -> dict:
             watcher.stop.set()
     seconds = time.perf_counter() - start
     peak = watcher.peak_mb if watcher else 0.0
-    return {"notebook": path.relative_to(ROOT).as_posix(), "seconds": seconds, "peak_mb": peak, "status": status}
+    return {"notebook": path.relative_to(ROOT).as_posix(), "seconds": seconds, "peak_mb": peak, "status": status,
+            "cells": sorted(cells, reverse=True)}
+
+
+def _first_line(source: str) -> str:
+    # The cell's first line that is code, not a comment or an nbval marker.
+    lines = [line.strip() for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return (lines[0] if lines else "(no code)")[:70]
 
 
 def table(rows: list[dict], wall: float, cold: bool = False) -> str:
@@ -100,7 +129,9 @@ def table(rows: list[dict], wall: float, cold: bool = False) -> str:
         f"{info['cpu']}, {info['logical_cores']} logical cores, Python {info['python']}, torch {info.get('torch')}, "
         f"onnxruntime {info.get('onnxruntime')}. Budget per notebook: {BUDGET_SECONDS:.0f} s and {BUDGET_MB / 1024:.0f} GB "
         "peak; each runs in a fresh kernel " + ("with its own EMPTY artifacts folder, as in a fresh clone (`--cold`)."
-                 if cold else "with a warm `artifacts/` cache, as in a second `make test`."),
+                 if cold else "with a warm `artifacts/` cache, as in a second `make test`.") +
+        " Peak memory is the kernel's peak resident set, or, while the notebook runs other processes, the "
+        "memory of the kernel and those processes together (proportional set sizes: shared pages counted once).",
         "",
         "| notebook | wall time (s) | peak memory (MB) | within budget |",
         "|---|---:|---:|:---:|",
@@ -121,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
     parser.add_argument("--timeout", type=int, default=600)
     parser.add_argument("--cold", action="store_true", help="an empty artifacts folder for each notebook")
+    parser.add_argument("--slowest", type=int, default=0, metavar="N", help="also print each notebook's N slowest cells")
     args = parser.parse_args(argv)
+    if args.slowest < 0:
+        parser.error(f"--slowest takes a number of cells, 0 or more; got {args.slowest}")
     paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
     began = time.perf_counter()
     rows = []
@@ -130,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["DEPLOYKIT_ARTIFACTS"] = tempfile.mkdtemp(prefix="artifacts-cold-")
         row = profile(path, args.timeout)
         print(f"{row['notebook']}: {row['seconds']:.1f} s, {row['peak_mb']:.0f} MB, {row['status']}", flush=True)
+        for seconds, index, line, peak in row["cells"][:args.slowest]:
+            print(f"    cell {index:>3}: {seconds:6.1f} s, peak so far {peak:5.0f} MB  {line}", flush=True)
+        if args.slowest and row["cells"]:
+            _, index, line, peak = min(row["cells"], key=lambda c: (-c[3], c[1]))
+            print(f"    peak memory ({peak:.0f} MB) first reached in cell {index}: {line}", flush=True)
         rows.append(row)
     text = table(rows, time.perf_counter() - began, args.cold)
     print(text)

@@ -1,0 +1,64 @@
+"""tools/profile_notebooks.py (`make profile`): per-cell timings and the memory it counts."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("profile_notebooks", ROOT / "tools" / "profile_notebooks.py")
+pn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pn)
+
+
+def test_first_line_skips_comments_and_nbval_markers():
+    assert pn._first_line("# NBVAL_IGNORE_OUTPUT\n# a comment\n\nrows = []\nprint(rows)") == "rows = []"
+    assert pn._first_line("# only a comment") == "(no code)"
+    assert len(pn._first_line("x = 1  # " + "long " * 40)) == 70
+
+
+def test_pss_counts_pages_shared_with_a_child_once():
+    assert pn._pss_bytes(os.getpid()) > 0
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(1.0)  # let the child map the interpreter and libc
+        pids = (os.getpid(), child.pid)
+        rss = sum(psutil.Process(p).memory_info().rss for p in pids)
+        pss = sum(pn._pss_bytes(p) for p in pids)
+        assert 0 < pss < rss  # the interpreter's and libc's pages are shared, so counted once, not twice
+    finally:
+        child.kill()
+        child.wait()
+    assert pn._pss_bytes(child.pid) == 0  # an exited process counts nothing
+
+
+def test_profile_reports_each_code_cell_slowest_first(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(0.6)"),
+                nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nblock = bytearray(64 * 2**20)")]
+    path = ROOT / "tests" / f"_profile_probe_{os.getpid()}.ipynb"  # profile() names notebooks relative to the repo
+    nbformat.write(nb, path)
+    try:
+        row = pn.profile(path, timeout=60)
+    finally:
+        path.unlink()
+    assert row["status"] == "ok" and row["seconds"] > 0.6
+    assert [index for _, index, _, _ in row["cells"]] == [1, 2]  # code cells only, the sleep first
+    seconds, _, line, _ = row["cells"][0]
+    assert seconds >= 0.6 and line == "import time"
+    assert row["cells"][1][2] == "block = bytearray(64 * 2**20)"
+    assert row["cells"][1][3] >= 64 and row["peak_mb"] >= row["cells"][1][3]  # the 64 MB block is in the peak
+
+
+def test_slowest_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit):
+        pn.main(["--slowest", "-1", "notebooks/00_setup_check.ipynb"])
+    assert "--slowest takes a number of cells" in capsys.readouterr().err
