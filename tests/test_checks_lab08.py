@@ -23,6 +23,16 @@ def outcome(capsys) -> str:
     return capsys.readouterr().out.strip()
 
 
+FAIR_HERE = {1: 2.5, 2: 1.9}  # what the check's own fair measurement "finds", for the structural tests
+
+
+@pytest.fixture(autouse=True)
+def fair_reference(request, monkeypatch):
+    # Structural tests compare with fixed figures; the tests marked `measured` let the check time the model.
+    if "measured" not in request.keywords:
+        monkeypatch.setattr(lab08, "_fair_reference_ms", lambda threads: FAIR_HERE[threads])
+
+
 def test_results_pass(capsys):
     assert lab08.check_results(good_results())
     assert outcome(capsys).startswith("[PASS]")
@@ -37,6 +47,8 @@ def test_results_pass(capsys):
     (lambda r: {k: bench(v.median_ms) for k, v in r.items()}, "thread count is part of"),
     (lambda r: {f"ORT fp32 variant {i}": v for i, v in enumerate(r.values())}, "another precision"),
     (lambda r: {**r, "ORT fp32 all, 1t": 2.5}, "dk.benchmark"),
+    (lambda r: {**r, "ORT fp32 all, 1t": bench(40.0)}, "inside the timed function"),
+    (lambda r: {**r, "OpenVINO fp32, 2t": bench(0.01, threads=2)}, "far below one inference"),
 ])
 def test_results_wrong(capsys, change, words):
     assert not lab08.check_results(change(good_results()))
@@ -94,3 +106,55 @@ def test_profile_too_few_runs_or_no_file(trace, capsys):
     assert "at least 5" in outcome(capsys)
     assert not lab08.check_profile("nowhere.json", 1, "Conv", 0.5)
     assert "end_profiling" in outcome(capsys)
+
+
+# --- The check times the lab's model itself: unfair timed functions that record a fair protocol.
+
+@pytest.fixture(scope="module")
+def lab_model():
+    import torch
+
+    frame = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    path = dk.export_onnx(dk.torchvision_model("mobilenet_v3_small"), frame, lab08.MODEL_FILE)
+    return path, {"input": frame.numpy()}
+
+
+def measured_results(path, feed, timed_1t):
+    # Three fair configurations and the learner's 1-thread ORT one, timed by `timed_1t`.
+    from deploykit.quantize import session as ort_session
+
+    results = {"ORT fp32 all, 1t": dk.benchmark(timed_1t, warmup=3, repeats=20, threads=1, batch=1)}
+    for name, threads in (("ORT fp32 all, 2t", 2), ("ORT fp16 all, 2t", 2), ("OpenVINO fp32, 1t", 1)):
+        session = ort_session(path, threads=threads)
+        results[name] = dk.benchmark(lambda s=session: s.run(None, feed), warmup=3, repeats=20, threads=threads, batch=1)
+    return results
+
+
+@pytest.mark.measured
+def test_fairly_timed_results_pass(lab_model, capsys):
+    from deploykit.quantize import session as ort_session
+
+    path, feed = lab_model
+    session = ort_session(path, threads=1)
+    assert lab08.check_results(measured_results(path, feed, lambda: session.run(None, feed)))
+    assert outcome(capsys).startswith("[PASS]")
+
+
+@pytest.mark.measured
+def test_session_built_inside_the_timed_function_is_caught(lab_model, capsys):
+    from deploykit.quantize import session as ort_session
+
+    path, feed = lab_model
+    results = measured_results(path, feed, lambda: ort_session(path, threads=1).run(None, feed))
+    assert not lab08.check_results(results)
+    assert "inside the timed function" in outcome(capsys)
+
+
+@pytest.mark.measured
+def test_timed_function_that_runs_nothing_is_caught(lab_model, capsys):
+    from deploykit.quantize import session as ort_session
+
+    path, feed = lab_model
+    session = ort_session(path, threads=1)
+    assert not lab08.check_results(measured_results(path, feed, lambda: session))  # forgot .run(...)
+    assert "far below one inference" in outcome(capsys)

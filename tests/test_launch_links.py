@@ -75,12 +75,13 @@ def test_adds_two_cells_on_top_and_changes_nothing_else(tmp_path):
     for rel, path in paths.items():
         after = cells(path)
         assert [after[1], *after[3:]] == before[rel], "the notebook's own cells must be untouched"
-        links, setup = after[0], after[2]  # badges on top; setup after the title, before the first code
+        links, setup = after[0], after[2]  # links on top; setup after the title, before the first code
         assert links["metadata"]["tags"] == ["launch-links"] and setup["metadata"]["tags"] == ["colab-setup"]
         text = "".join(links["source"])
         assert f"https://colab.research.google.com/github/{REPO}/blob/main/{rel}" in text
         assert f"https://mybinder.org/v2/gh/{REPO}/main?urlpath=lab/tree/{rel}" in text
         assert "Open in Colab" in text and "Open in Binder" in text
+        assert "![" not in text and "<img" not in text, "plain links: no image that a browser fetches from another host"
         assert setup["outputs"] == [] and setup["execution_count"] is None
         assert f'os.chdir(f"{{course}}/{rel.split("/")[0]}")' in "".join(setup["source"])
         # the whole file is still exactly what nbformat would write

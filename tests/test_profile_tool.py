@@ -44,13 +44,10 @@ def test_profile_reports_each_code_cell_slowest_first(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# tiny"),
                 nbformat.v4.new_code_cell("import time\ntime.sleep(0.6)"),
                 nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nblock = bytearray(64 * 2**20)")]
-    path = ROOT / "tests" / f"_profile_probe_{os.getpid()}.ipynb"  # profile() names notebooks relative to the repo
+    path = tmp_path / "probe.ipynb"
     nbformat.write(nb, path)
-    try:
-        row = pn.profile(path, timeout=60)
-    finally:
-        path.unlink()
-    assert row["status"] == "ok" and row["seconds"] > 0.6
+    row = pn.profile(path, timeout=60)
+    assert row["notebook"] == str(path) and row["status"] == "ok" and row["seconds"] > 0.6
     assert [index for _, index, _, _ in row["cells"]] == [1, 2]  # code cells only, the sleep first
     seconds, _, line, _ = row["cells"][0]
     assert seconds >= 0.6 and line == "import time"

@@ -4,8 +4,10 @@
 Each lecture (``notebooks/``), solution (``solutions/``) and so lab (``labs/``) gets two cells,
 recognised by their tags, so a rerun replaces them in place instead of adding more:
 
-* ``launch-links`` (markdown, the first cell): the two badges, linking to *this* notebook on Colab
-  and on Binder;
+* ``launch-links`` (markdown, the first cell): two plain links to *this* notebook on Colab and on
+  Binder. Text, not badge images: an image would be fetched from Google's and mybinder.org's
+  servers every time the notebook is shown, and shown broken offline; the notebook loads nothing
+  from other hosts (the browser test fails on any such request);
 * ``colab-setup`` (code, just before the first code cell, so after the title and goals): on Colab
   only, clones the course, installs its pinned packages and moves into the notebook's folder.
   Anywhere else it does nothing and prints nothing, so the strict ``pytest --nbval`` comparison
@@ -44,8 +46,7 @@ WRITTEN = tuple(folder for folder in FOLDERS if folder != GENERATED)
 LINKS_TAG, SETUP_TAG = "launch-links", "colab-setup"
 README_MARKER = "<!-- binder-badge -->"
 CLONE_DIR = "/content/model-deployment-course"
-COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-BINDER_BADGE = "https://mybinder.org/badge_logo.svg"
+BINDER_BADGE = "https://mybinder.org/badge_logo.svg"  # the README's badge only (GitHub serves images through its own proxy)
 COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/([^/\s)]+)/")
 GITHUB_REMOTE = re.compile(r"^(?:https://(?:[^@/]+@)?github\.com/|git@github\.com:|ssh://git@github\.com/)([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 
@@ -79,8 +80,7 @@ def binder_url(repo: str, branch: str, rel: str) -> str:
 
 
 def links_source(repo: str, branch: str, rel: str) -> str:
-    return (f"[![Open in Colab]({COLAB_BADGE})]({colab_url(repo, branch, rel)})\n"
-            f"[![Open in Binder]({BINDER_BADGE})]({binder_url(repo, branch, rel)})")
+    return f"**Run it online:** [Open in Colab]({colab_url(repo, branch, rel)}) · [Open in Binder]({binder_url(repo, branch, rel)})"
 
 
 # Not installed on Colab: its own Jupyter server and kernel stay as Colab ships them; test tools are not needed.
@@ -167,7 +167,7 @@ def update_notebook(nb: dict, rel: str, repo: str, branch: str = BRANCH) -> bool
             new = copy.deepcopy(expected)
             if use_ids:
                 new["id"] = _free_id(cells, tag)
-            if tag == LINKS_TAG:  # the badges open the notebook, above its title
+            if tag == LINKS_TAG:  # the launch links open the notebook, above its title
                 position = 0
             else:  # the setup runs first: just before the first code cell, after the title and goals
                 position = next((i for i, cell in enumerate(cells) if cell.get("cell_type") == "code"), len(cells))

@@ -110,7 +110,8 @@ def profile(path: Path, timeout: int) -> dict:
             watcher.stop.set()
     seconds = time.perf_counter() - start
     peak = watcher.peak_mb if watcher else 0.0
-    return {"notebook": path.relative_to(ROOT).as_posix(), "seconds": seconds, "peak_mb": peak, "status": status,
+    name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+    return {"notebook": name, "seconds": seconds, "peak_mb": peak, "status": status,
             "cells": sorted(cells, reverse=True)}
 
 
