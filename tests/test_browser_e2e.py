@@ -257,9 +257,8 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def off_machine() -> list[tuple[str, bool]]:
-    """Requests to other hosts the browser made (all blocked): ("METHOD url (from frame)", from_a_frame).
-    from_a_frame: made in an iframe (in these notebooks only Netron's) or in no known frame."""
+def off_machine() -> list[str]:
+    """Requests to other hosts the browser made (all blocked), each "METHOD url (from [iframe] origin)"."""
     return []
 
 
@@ -267,14 +266,14 @@ def off_machine() -> list[tuple[str, bool]]:
 def browser(tmp_path_factory, off_machine):
     blocked = off_machine
 
-    def block(route):  # nothing leaves this machine; one from Netron fails the test (see leaks)
+    def block(route):  # nothing leaves this machine; any such request fails the test (see leaks)
         request = route.request
         try:
             frame = request.frame
-            origin, in_frame = frame.url, frame.parent_frame is not None
+            origin = f"iframe {frame.url}" if frame.parent_frame is not None else frame.url
         except Exception:  # a service worker's request, or a beacon sent while its page was going away
-            origin, in_frame = "no known frame", True
-        blocked.append((f"{request.method} {request.url[:300]} (from {'iframe ' if in_frame else ''}{origin})", in_frame))
+            origin = "no known frame"
+        blocked.append(f"{request.method} {request.url[:300]} (from {origin})")
         route.abort()
 
     playwright = sync_api.sync_playwright().start()
@@ -290,7 +289,7 @@ def browser(tmp_path_factory, off_machine):
             yield context
         finally:
             context.close()
-            (ARTIFACTS / "blocked-requests.txt").write_text("".join(f"{what}\n" for what, _ in blocked))
+            (ARTIFACTS / "blocked-requests.txt").write_text("".join(f"{what}\n" for what in blocked))
     finally:
         playwright.stop()
 
@@ -549,12 +548,12 @@ def test_notebook_in_jupyterlab(notebook, lab, browser, off_machine):
         run_notebook_in_browser(notebook, lab, browser, off_machine, attempt=2)
 
 
-def leaks(off_machine: list[tuple[str, bool]], seen: int, console: list[str]) -> list[str]:
+def leaks(off_machine: list[str], seen: int, console: list[str]) -> list[str]:
     """Requests to other hosts since ``seen``, from any frame (all were blocked by the route), and
     requests a Content-Security-Policy refused (the browser reports those on the console; they
     never reach the route)."""
     refused = [m for m in console if "Content Security Policy" in m or "Content-Security-Policy" in m]
-    return ([f"request to another host: {what}" for what, _ in off_machine[seen:]]
+    return ([f"request to another host: {what}" for what in off_machine[seen:]]
             + [f"refused by CSP: {m[:300]}" for m in refused])
 
 

@@ -80,8 +80,9 @@ class ChildWatcher(threading.Thread):
             except psutil.Error:
                 pass
 
-    @property
-    def peak_mb(self) -> float:
+    def read_peak_mb(self) -> float:
+        """The peak so far; reads the kernel's exact VmHWM now (0 once it has exited: the last reading stays)."""
+        self.kernel_mb = max(self.kernel_mb, _hwm_mb(self.pid))
         return max(self.kernel_mb, self.total_mb)
 
 
@@ -90,7 +91,7 @@ def profile(path: Path, timeout: int) -> dict:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     status = "ok"
-    watcher = None
+    watcher, peak = None, 0.0
     cells = []  # (seconds, cell index, first line of code, peak MB after the cell)
     try:
         with client.setup_kernel():
@@ -100,16 +101,14 @@ def profile(path: Path, timeout: int) -> dict:
                 began = time.perf_counter()
                 client.execute_cell(cell, index)
                 if cell.cell_type == "code":
-                    peak_so_far = max(_hwm_mb(watcher.pid), watcher.total_mb)
-                    cells.append((time.perf_counter() - began, index, _first_line(cell.source), peak_so_far))
-            watcher.kernel_mb = max(watcher.kernel_mb, _hwm_mb(watcher.pid))
+                    cells.append((time.perf_counter() - began, index, _first_line(cell.source), watcher.read_peak_mb()))
     except Exception as error:  # noqa: BLE001 - a failing notebook is reported, not fatal
         status = f"error: {type(error).__name__}"
     finally:
         if watcher:
             watcher.stop.set()
+            peak = watcher.read_peak_mb()
     seconds = time.perf_counter() - start
-    peak = watcher.peak_mb if watcher else 0.0
     name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
     return {"notebook": name, "seconds": seconds, "peak_mb": peak, "status": status,
             "cells": sorted(cells, reverse=True)}

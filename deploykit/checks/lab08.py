@@ -58,24 +58,30 @@ def check_results(results: dict) -> None:
                 "your timed function run the model on one frame (call session.run / request.infer)?")
 
 
+def lab_model_onnx() -> Path:
+    """The lab's model file, ``artifacts/lab08/mobilenet_v3_small.onnx``: what the lab's first cells export,
+    exported the same way (seeded weights, one 128x128 frame) if they have not run."""
+    path = artifact_path(MODEL_FILE)
+    if path.exists():
+        return path
+    import torch
+
+    from ..exports import export_onnx
+    from ..models import torchvision_model
+
+    frame = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    return export_onnx(torchvision_model("mobilenet_v3_small"), frame, MODEL_FILE)
+
+
 def _fair_reference_ms(threads: int) -> float:
-    """Median ms of the lab's model (``artifacts/lab08/``) in ONNX Runtime float32, all optimisations,
-    at ``threads``, one 128x128 frame per call: session built once, warm-up, 30 runs."""
+    """Median ms of the lab's model in ONNX Runtime float32, all optimisations, at ``threads``, one
+    128x128 frame per call: session built once, warm-up, 30 runs."""
     import numpy as np
 
     from ..bench import benchmark
     from ..quantize import session as ort_session
 
-    path = artifact_path(MODEL_FILE)
-    if not path.exists():  # the lab's first cells export it; rebuild it the same way if they were skipped
-        import torch
-
-        from ..exports import export_onnx
-        from ..models import torchvision_model
-
-        frame = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-        path = export_onnx(torchvision_model("mobilenet_v3_small"), frame, MODEL_FILE)
-    session = ort_session(path, threads=threads)
+    session = ort_session(lab_model_onnx(), threads=threads)
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32)}
     return benchmark(lambda: session.run(None, feed), warmup=5, repeats=30, threads=threads).median_ms
 
@@ -113,4 +119,4 @@ def check_profile(trace_path, skip_runs: int, slowest_op: str, share: float) -> 
             "total by the total of all node times (after the warm-up runs)")
 
 
-__all__ = ["MIN_CONFIGS", "check_fastest", "check_profile", "check_results"]
+__all__ = ["MIN_CONFIGS", "check_fastest", "check_profile", "check_results", "lab_model_onnx"]
