@@ -19,6 +19,9 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet_machine import quiet_machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {path}: labs are generated (tools/make_labs.py) and committed without outputs")
             continue
         try:
-            print(f"{path}: {execute(path, args.timeout):.1f} s", flush=True)
+            with quiet_machine():
+                print(f"{path}: {execute(path, args.timeout):.1f} s", flush=True)
         except CellExecutionError as error:
             print(f"{path}: FAILED, not written\n{error}", file=sys.stderr)
             return 1
