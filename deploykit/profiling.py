@@ -1,7 +1,10 @@
 """Read ONNX Runtime's profiling trace (``SessionOptions.enable_profiling``) into a per-operator table.
 
 ONNX Runtime writes a Chrome-trace JSON file: one ``Session`` event per ``model_run`` (a whole
-``session.run``) and one ``Node`` event per operator execution (``args.op_name``, ``args.provider``).
+``session.run``) and one ``Node`` event per operator execution, named ``<node>_kernel_time``
+(``args.op_name``, ``args.provider``: the provider that ran that node, i.e. its placement). Some builds
+also write ``<node>_fence_before`` / ``_fence_after`` events with the same ``op_name``: only the
+``_kernel_time`` events are operator time, so only they are counted.
 Lecture 10 reads it with :func:`ort_profile`; the same file opens in ``chrome://tracing`` or
 https://ui.perfetto.dev for a timeline.
 """
@@ -69,7 +72,8 @@ def ort_profile(path, *, skip_runs: int = 0, top: int = 5) -> OrtProfile:
     kept = runs[skip_runs:]
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in kept]
     start = windows[0][0]
-    nodes = [e for e in events if e.get("cat") == "Node" and e.get("ts", -1) >= start
+    nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+             and e.get("ts", -1) >= start
              and any(lo <= e["ts"] <= hi for lo, hi in windows)]
     by_type: dict[str, list[float]] = defaultdict(list)
     by_node: dict[tuple[str, str], float] = defaultdict(float)

@@ -36,6 +36,21 @@ def test_skips_warm_up_runs_and_sums_by_operator(tmp_path):
     assert ort_profile(path).operators[0].total_us == 1020  # not skipping: the warm-up dominates
 
 
+def test_counts_only_kernel_time_events(tmp_path):
+    """Fence events carry the node's op_name too: counting them would inflate the operator's time."""
+    path = trace(tmp_path, [(0, 100, [("Conv", "c1", 5, 60), ("Relu", "r1", 70, 20)])])
+    events = json.loads(path.read_text())
+    for suffix, offset in (("_fence_before", 1), ("_fence_after", 66)):
+        events.append({"cat": "Node", "name": f"c1{suffix}", "ts": offset, "dur": 3,
+                       "args": {"op_name": "Conv", "provider": "CPUExecutionProvider"}})
+    events.append({"cat": "Node", "name": "c1_kernel_time", "ts": 10, "dur": 1,     # a node of another provider
+                   "args": {"op_name": "Conv", "provider": "FakeNpuExecutionProvider"}})
+    path.write_text(json.dumps(events))
+    profile = ort_profile(path)
+    assert [(r.op_type, r.total_us, r.calls) for r in profile.operators] == [("Conv", 61, 2), ("Relu", 20, 1)]
+    assert profile.node_us == 81 and profile.providers == ("CPUExecutionProvider", "FakeNpuExecutionProvider")
+
+
 def test_validates_its_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="end_profiling"):
         ort_profile(tmp_path / "missing.json")
