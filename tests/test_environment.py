@@ -54,6 +54,19 @@ def test_course_depends_on_litert_torch_not_the_deprecated_alias():
     assert "ai-edge-torch" not in pins
 
 
+def test_packages_the_course_imports_directly_are_pinned():
+    """A package imported by name must not float with whatever another pin happens to pull in."""
+    pins = requirements_pins()
+    imported = {"ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert": "ai-edge-litert",
+                "litert_torch": "litert-torch", "openvino": "openvino", "pnnx": "pnnx", "ncnn": "ncnn", "MNN": "mnn"}
+    sources = "\n".join(p.read_text() for p in (ROOT / "deploykit").rglob("*.py"))
+    sources += "\n".join(p.read_text() for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for module, package in imported.items():
+        if re.search(rf"(?:^|\W)(?:import|from) {module}\b", sources):
+            assert package in pins, f"{module} is imported directly but {package} is not pinned in requirements.txt"
+    assert "ai-edge-quantizer" in pins
+
+
 def test_installed_versions_match_the_pins():
     mismatched = {}
     for name, version in requirements_pins().items():
