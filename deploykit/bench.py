@@ -172,9 +172,43 @@ def machine_info() -> dict:
     return info
 
 
+def machine_load(seconds: float = 0.25) -> dict:
+    """How busy the machine is now: the 1/5/15-minute load averages and the share of all CPUs that
+    OTHER processes kept busy over ``seconds`` (from /proc/stat on Linux, this process's own CPU time
+    subtracted). A timing taken while others are busy is not a result (see :func:`contention`)."""
+    try:
+        load = tuple(round(v, 2) for v in os.getloadavg())
+    except (OSError, AttributeError):
+        load = None
+    others = None
+    if os.path.exists("/proc/stat"):
+        def sample() -> tuple[float, float, float]:
+            with open("/proc/stat", encoding="ascii") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:9]]
+            idle = fields[3] + fields[4]
+            own = os.times()
+            return sum(fields) - idle, sum(fields), own.user + own.system + own.children_user + own.children_system
+        tick = os.sysconf("SC_CLK_TCK")
+        b0, t0, o0 = sample()
+        time.sleep(seconds)
+        b1, t1, o1 = sample()
+        if t1 > t0:
+            others = min(max(((b1 - b0) / tick - (o1 - o0)) / ((t1 - t0) / tick), 0.0), 1.0)
+    return {"load_average": load, "others_busy_fraction": others}
+
+
 def print_machine_info() -> None:
+    """Print :func:`machine_info` and the load the machine is under now (:func:`machine_load`)."""
     for key, value in machine_info().items():
         print(f"{key:>14}: {value}")
+    load = machine_load()
+    if load["load_average"] is not None:
+        print(f"{'load average':>14}: {' '.join(f'{v:.2f}' for v in load['load_average'])} (1, 5, 15 min; "
+              f"{os.cpu_count()} logical cores)")
+    if load["others_busy_fraction"] is not None:
+        busy = load["others_busy_fraction"]
+        verdict = "quiet" if busy < 0.15 else "BUSY: timings taken now are not results"
+        print(f"{'others busy':>14}: {busy:.0%} of the CPUs now ({verdict})")
 
 
 # --- Repeated rounds, order alternated (lecture 06) ----------------------------------------------
@@ -292,6 +326,69 @@ def speedup_spread(slow: RoundsResult, fast: RoundsResult) -> tuple[float, float
         raise ValueError("speedup_spread expected two results with the same number of rounds")
     per_round = [s / f for s, f in zip(slow.round_medians, fast.round_medians)]
     return statistics.median(per_round), min(per_round), max(per_round)
+
+
+# --- Contended results: the machine was busy (issue 22) -----------------------------------------
+
+#: More threads on the same work may be somewhat slower (thread start-up and synchronisation on a model
+#: too small to split), but not this much: beyond it the threads waited for cores something else held.
+#: (The symptom it catches: lab 04 once published PyTorch at 0.471 ms on 1 thread, 55.994 ms on 2.)
+CONTENTION_SLOWDOWN = 2.0
+#: A tail (p90, or the maximum of few samples) this many times the median: runs were interrupted.
+SPREAD_LIMIT = 3.0
+#: Round medians of one configuration this far apart (highest / lowest): the machine changed under us.
+ROUND_SPREAD_LIMIT = 1.5
+
+BUSY = "machine busy: re-run"
+
+
+def _median_and_tail(result) -> tuple[float, float | None]:
+    if isinstance(result, (int, float)):
+        return float(result), None
+    if isinstance(result, RoundsResult):
+        return result.median_ms, result.tail[1]
+    if isinstance(result, dict):
+        return float(result["median_ms"]), (float(result["p90_ms"]) if "p90_ms" in result else None)
+    return float(result.median_ms), float(result.p90_ms)
+
+
+def contention(one_thread, more_threads=None, *, threads: int | None = None,
+               slowdown_limit: float = CONTENTION_SLOWDOWN, spread_limit: float = SPREAD_LIMIT,
+               round_spread_limit: float = ROUND_SPREAD_LIMIT) -> str | None:
+    """Why a measurement looks contended (the machine was busy), or None when it looks clean.
+
+    ``one_thread`` and ``more_threads``: the same work (model, batch, runtime) at 1 thread and at
+    more threads, each a median in ms, a :class:`BenchResult`, a :class:`RoundsResult` or a dict with
+    ``median_ms`` (and ``p90_ms``). Flags more threads ``slowdown_limit`` times slower than one, a
+    tail ``spread_limit`` times the median, or round medians ``round_spread_limit`` apart. Print
+    :data:`BUSY` instead of a ratio built on a flagged result (see :func:`speedup_text`).
+    """
+    one_median, one_tail = _median_and_tail(one_thread)
+    if more_threads is not None:
+        more_median, more_tail = _median_and_tail(more_threads)
+        if more_median > slowdown_limit * one_median:
+            many = f"{threads} threads" if threads else "more threads"
+            return (f"{many} took {more_median:.3f} ms, {more_median / one_median:.1f}x the 1-thread "
+                    f"{one_median:.3f} ms on the same work: the threads waited for busy cores")
+    for result in (one_thread, more_threads):
+        if result is None:
+            continue
+        median, tail = _median_and_tail(result)
+        if tail is not None and median > 0 and tail > spread_limit * median:
+            return f"tail {tail:.3f} ms is {tail / median:.1f}x the median {median:.3f} ms: runs were interrupted"
+        if isinstance(result, RoundsResult) and len(result.rounds) > 1:
+            low, high = result.spread_ms
+            if low > 0 and high > round_spread_limit * low:
+                return f"round medians {low:.3f}-{high:.3f} ms differ by {high / low:.1f}x: the machine's load changed"
+    return None
+
+
+def speedup_text(slow, fast, *, also=(), digits: int = 2) -> str:
+    """``"1.35x"`` (median of ``slow`` / median of ``fast``), or :data:`BUSY` when ``slow``, ``fast``
+    or a ``(one_thread, more_threads)`` pair in ``also`` is contended (:func:`contention`)."""
+    if contention(slow) or contention(fast) or any(contention(*pair) for pair in also):
+        return BUSY
+    return f"{_median_and_tail(slow)[0] / _median_and_tail(fast)[0]:.{digits}f}x"
 
 
 # --- Roofline: memory bandwidth, arithmetic intensity (lecture 06) -------------------------------

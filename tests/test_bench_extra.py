@@ -134,3 +134,46 @@ def test_lab07_frame_budget_scales_on_an_emulated_cpu(monkeypatch):
     scaled = importlib.reload(lab07).FRAME_BUDGET_MS
     monkeypatch.delenv("DEPLOYKIT_TIME_SCALE")
     assert abs(importlib.reload(lab07).FRAME_BUDGET_MS * 50 - scaled) < 1e-9
+
+
+# --- contended results (issue 22) ------------------------------------------------------------------
+
+from deploykit.bench import BUSY, BenchResult, contention, machine_load, speedup_text  # noqa: E402
+
+
+def _bench(median, p90):
+    return BenchResult("x", median, p90, median, median, 1, 30, 1, 1, median)
+
+
+def test_contention_flags_more_threads_far_slower_than_one():
+    reason = contention(0.471, 55.994, threads=2)  # lab 04 as once published
+    assert reason and "2 threads" in reason and "118.9x" in reason
+    assert contention(10.0, 6.0) is None  # a real speed-up
+    assert contention(10.0, 14.0) is None  # a little slower: synchronisation on a small model, not load
+    assert contention(10.0, 25.0) is not None
+    assert contention({"median_ms": 1.0, "p90_ms": 1.2}, {"median_ms": 2.5, "p90_ms": 2.6}) is not None
+
+
+def test_contention_flags_a_wide_tail_and_rounds_that_disagree():
+    assert contention(_bench(1.0, 1.4)) is None
+    assert "interrupted" in contention(_bench(1.0, 3.5))
+    steady = RoundsResult("a", ((1.0,) * 5, (1.1,) * 5, (1.05,) * 5), 1, 1, 1)
+    moved = RoundsResult("a", ((1.0,) * 5, (2.0,) * 5, (1.0,) * 5), 1, 1, 1)
+    assert contention(steady) is None
+    assert "round medians" in contention(moved)
+
+
+def test_speedup_text_prints_busy_instead_of_a_ratio():
+    assert speedup_text(_bench(2.7, 3.0), _bench(2.0, 2.2)) == "1.35x"
+    assert speedup_text(_bench(2.7, 3.0), _bench(2.0, 9.0)) == BUSY
+    assert speedup_text(0.471, 0.055, also=[(0.471, 55.994)]) == BUSY
+    assert speedup_text(0.471, 0.055, also=[(0.471, 0.5)]) == "8.56x"
+
+
+def test_machine_load_reports_the_load_and_others_share():
+    load = machine_load(0.1)
+    assert set(load) == {"load_average", "others_busy_fraction"}
+    if load["others_busy_fraction"] is not None:
+        assert 0.0 <= load["others_busy_fraction"] <= 1.0
+    if load["load_average"] is not None:
+        assert len(load["load_average"]) == 3 and all(v >= 0 for v in load["load_average"])

@@ -208,6 +208,42 @@ def test_sweep_hint_when_speedup_is_not_the_ratio(capsys):
     assert not result and "pytorch_ms / ort_ms" in out
 
 
+def published_busy_sweep():
+    """Lab 04's solution as once committed, measured at load average 2.1 on 2 cores (issue 22)."""
+    table = [("digits", 1, 1, 0.471, 0.055), ("digits", 1, 2, 55.994, 0.064),
+             ("digits", 32, 1, 2.018, 0.593), ("digits", 32, 2, 120.002, 0.517),
+             ("digits", 256, 1, 11.703, 4.671), ("digits", 256, 2, 98.086, 8.464),
+             ("resnet18", 1, 1, 126.965, 94.138), ("resnet18", 1, 2, 533.723, 138.252),
+             ("resnet18", 4, 1, 467.197, 378.186), ("resnet18", 4, 2, 1649.154, 416.561)]
+    return [{"model": m, "batch": b, "threads": t, "pytorch_ms": p, "ort_ms": o, "speedup": p / o}
+            for m, b, t, p, o in table]
+
+
+def test_sweep_hint_when_the_machine_was_busy(capsys):
+    result, out = outcome(capsys, lab04.check_sweep(published_busy_sweep(), threads=[1, 2]))
+    assert not result and out.startswith("[HINT]")
+    assert "machine busy: re-run" in out and "0.471 ms at 1 thread and 55.994 ms at 2 threads" in out
+
+
+@pytest.mark.parametrize("runtime", ["pytorch_ms", "ort_ms"])
+def test_sweep_hint_when_one_runtime_is_much_slower_on_more_threads(capsys, runtime):
+    results = rows()
+    for row in results:
+        if row["model"] == "resnet18" and row["batch"] == 8 and row["threads"] == 2:
+            row[runtime] *= 10
+    result, out = outcome(capsys, lab04.check_sweep(results, threads=[1, 2]))
+    assert not result and "machine busy" in out and "resnet18 batch 8" in out
+
+
+def test_sweep_passes_when_more_threads_are_a_little_slower(capsys):
+    results = rows()  # a tiny model may lose a little on 2 threads: that is a finding, not a busy machine
+    for row in results:
+        if row["threads"] == 2:
+            row["pytorch_ms"] *= 1.4
+    result, out = outcome(capsys, lab04.check_sweep(results, threads=[1, 2]))
+    assert result, out
+
+
 # --------------------------------------------------------------------------- plot
 
 def draw(results, threads=(1, 2), *, log_x=True, band=True, one=True, title=None):

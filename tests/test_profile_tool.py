@@ -59,3 +59,27 @@ def test_slowest_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
         pn.main(["--slowest", "-1", "notebooks/00_setup_check.ipynb"])
     assert "--slowest takes a number of cells" in capsys.readouterr().err
+
+
+def test_each_notebook_is_profiled_under_the_cpu_lock(monkeypatch, tmp_path, capsys):
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_quiet_machine():
+        events.append("lock")
+        yield 0.0
+        events.append("unlock")
+
+    def fake_profile(path, timeout):
+        events.append("run")
+        return {"notebook": path.name, "seconds": 1.0, "peak_mb": 10.0, "status": "ok", "cells": []}
+
+    monkeypatch.setattr(pn, "quiet_machine", fake_quiet_machine)
+    monkeypatch.setattr(pn, "profile", fake_profile)
+    a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    assert pn.main([str(a), str(b)]) == 0
+    assert events == ["lock", "run", "unlock"] * 2
+    out = capsys.readouterr().out
+    assert "CPUs used by others" in out and "of the CPUs" in out

@@ -17,6 +17,9 @@ Writes a Markdown table (``--output``) and prints it.
 
 ``--cold`` gives every notebook its own empty artifacts folder, as in a fresh clone: it proves
 each notebook runs on its own (building what it needs) and measures its worst case.
+
+Each notebook runs inside ``tools/quiet_machine.py``'s ``quiet_machine()`` (the course's CPU lock, idle
+CPUs at the start), and the table states what share of the CPUs other processes used meanwhile.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from deploykit.bench import machine_info  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tools"))
+from quiet_machine import LoadMonitor, quiet_machine  # noqa: E402
 
 BUDGET_SECONDS, BUDGET_MB = 60.0, 2048.0
 
@@ -130,18 +136,20 @@ def table(rows: list[dict], wall: float, cold: bool = False) -> str:
         f"onnxruntime {info.get('onnxruntime')}. Budget per notebook: {BUDGET_SECONDS:.0f} s and {BUDGET_MB / 1024:.0f} GB "
         "peak; each runs in a fresh kernel " + ("with its own EMPTY artifacts folder, as in a fresh clone (`--cold`)."
                  if cold else "with a warm `artifacts/` cache, as in a second `make test`.") +
-        " Peak memory is the kernel's peak resident set, or, while the notebook runs other processes, the "
+        " Each notebook runs under the course's CPU lock, started on idle CPUs (`tools/quiet_machine.py`); the last "
+        "column is the share of all CPUs other processes used meanwhile. Peak memory is the kernel's peak resident set, or, while the notebook runs other processes, the "
         "memory of the kernel and those processes together (proportional set sizes: shared pages counted once).",
         "",
-        "| notebook | wall time (s) | peak memory (MB) | within budget |",
-        "|---|---:|---:|:---:|",
+        "| notebook | wall time (s) | peak memory (MB) | within budget | CPUs used by others |",
+        "|---|---:|---:|:---:|---:|",
     ]
     for row in rows:
         ok = row["status"] == "ok" and row["seconds"] <= BUDGET_SECONDS and row["peak_mb"] <= BUDGET_MB
         flag = "yes" if ok else ("no" if row["status"] == "ok" else row["status"])
-        lines.append(f"| `{row['notebook']}` | {row['seconds']:.1f} | {row['peak_mb']:.0f} | {flag} |")
+        others = f"{row['others_busy']:.0%}" if "others_busy" in row else "-"
+        lines.append(f"| `{row['notebook']}` | {row['seconds']:.1f} | {row['peak_mb']:.0f} | {flag} | {others} |")
     lines.append(f"| **total ({len(rows)} notebooks)** | **{sum(r['seconds'] for r in rows):.1f}** | "
-                 f"**max {max((r['peak_mb'] for r in rows), default=0):.0f}** | |")
+                 f"**max {max((r['peak_mb'] for r in rows), default=0):.0f}** | | |")
     lines += ["", f"Whole run, kernel start-ups included: {wall:.1f} s."]
     return "\n".join(lines) + "\n"
 
@@ -162,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         if args.cold:
             os.environ["DEPLOYKIT_ARTIFACTS"] = tempfile.mkdtemp(prefix="artifacts-cold-")
-        row = profile(path, args.timeout)
-        print(f"{row['notebook']}: {row['seconds']:.1f} s, {row['peak_mb']:.0f} MB, {row['status']}", flush=True)
+        with quiet_machine(), LoadMonitor() as monitor:
+            row = profile(path, args.timeout)
+        row["others_busy"] = monitor.others_fraction
+        print(f"{row['notebook']}: {row['seconds']:.1f} s, {row['peak_mb']:.0f} MB, {row['status']}, "
+              f"others used {monitor.others_fraction:.0%} of the CPUs", flush=True)
         for seconds, index, line, peak in row["cells"][:args.slowest]:
             print(f"    cell {index:>3}: {seconds:6.1f} s, peak so far {peak:5.0f} MB  {line}", flush=True)
         if args.slowest and row["cells"]:

@@ -11,6 +11,11 @@ waits until the CPUs are idle (measured from ``/proc/stat`` over one second) bef
 
 A shell command that loads the CPU for long (a pytest run of notebooks) takes the same lock with
 ``python tools/quiet_machine.py -- COMMAND ...``.
+
+:class:`LoadMonitor` measures what OTHER processes did to the machine while a job ran (all CPU time
+the kernel counted in ``/proc/stat``, minus the CPU time of this process and of every process it
+started): ``tools/execute_notebooks.py`` refuses to save a notebook executed while others were busy,
+and stamps the figures into the notebook's metadata; ``tests/test_executed_quiet.py`` reads them.
 """
 from __future__ import annotations
 
@@ -25,6 +30,11 @@ from pathlib import Path
 LOCK_PATH = Path(os.environ.get("COURSE_CPU_LOCK", "/tmp/course-cpu.lock"))
 HELD_VARIABLE = "COURSE_CPU_LOCK_HELD"  # set for child processes, so a nested job does not wait on itself
 QUIET_BUSY_FRACTION = 0.15  # at most this share of all CPUs busy before a job starts
+# At most this share of all CPUs used by OTHER processes during a timed job. On a 2-core machine, 0.25 is
+# half a core: a 2-thread benchmark then shares a core with someone else for part of its run, and its
+# median moves by more than the differences the course teaches (lab 04 was once published at load
+# 2.1 with 2 threads 100x slower than 1). Above it a timing is not a result.
+MAX_OTHERS_BUSY_FRACTION = 0.25
 
 
 def busy_fraction(seconds: float = 1.0) -> float:
@@ -39,6 +49,131 @@ def busy_fraction(seconds: float = 1.0) -> float:
     total1, idle1 = sample()
     total = max(total1 - total0, 1)
     return 1.0 - (idle1 - idle0) / total
+
+
+def _busy_and_total_seconds() -> tuple[float, float]:
+    """(busy CPU seconds, all CPU seconds) of the whole machine since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user time: only the first 8 fields add up to the total
+    total = sum(fields[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process, of its finished (reaped) children, and of its live descendants."""
+    times = os.times()
+    seconds = times.user + times.system + times.children_user + times.children_system
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                cpu = child.cpu_times()
+                seconds += cpu.user + cpu.system + cpu.children_user + cpu.children_system
+            except psutil.Error:
+                pass
+    except ImportError:
+        pass
+    return seconds
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (zeros where the OS has none)."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+class LoadMonitor:
+    """What other processes did to the CPUs while a job ran.
+
+        with LoadMonitor() as monitor:
+            ...  # run the notebook (its kernel is a child: its CPU time is ours, not "others")
+        monitor.stamp()  # {"others_busy_fraction": 0.02, "others_busy_max": 0.05, ...}
+
+    ``others_busy_fraction``: over the whole run, the share of all CPUs busy in processes that are not
+    this one or its descendants. ``others_busy_max``: the highest such share over any ``interval``-second
+    window (sampled by a thread; a descendant that exits between samples may hide its last moments).
+    The load average is recorded too, but it counts the job's own threads, so it is not the criterion.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        self.interval = interval
+        self.others_max = 0.0
+        self._stop = None
+        self._thread = None
+
+    def _others(self, before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+        busy = after[0] - before[0]
+        total = after[1] - before[1]
+        own = after[2] - before[2]
+        return min(max((busy - own) / total, 0.0), 1.0) if total > 0 else 0.0
+
+    def _sample(self) -> tuple[float, float, float]:
+        return (*_busy_and_total_seconds(), _own_cpu_seconds())
+
+    def _watch(self) -> None:
+        previous = self._sample()
+        while not self._stop.wait(self.interval):
+            current = self._sample()
+            self.others_max = max(self.others_max, self._others(previous, current))
+            previous = current
+
+    def __enter__(self) -> "LoadMonitor":
+        import threading
+
+        self.load_start = load_average()[0]
+        self.started = time.perf_counter()
+        self.begin = self._sample() if Path("/proc/stat").exists() else None
+        if self.begin is not None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self.seconds = time.perf_counter() - self.started
+        self.load_end = load_average()[0]
+        self.others_fraction = self._others(self.begin, self._sample()) if self.begin is not None else 0.0
+        self.others_max = max(self.others_max, self.others_fraction)
+
+    @property
+    def quiet(self) -> bool:
+        return self.others_fraction <= MAX_OTHERS_BUSY_FRACTION
+
+    def stamp(self, busy_fraction_start: float | None = None) -> dict:
+        """Figures to record with the job's result (rounded: they are facts about one run)."""
+        stamp = {
+            "cpu": _cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "load_1min_start": round(self.load_start, 2),
+            "load_1min_end": round(self.load_end, 2),
+            "others_busy_fraction": round(self.others_fraction, 3),
+            "others_busy_max": round(self.others_max, 3),
+            "max_others_busy_fraction": MAX_OTHERS_BUSY_FRACTION,
+            "seconds": round(self.seconds, 1),
+        }
+        if busy_fraction_start is not None:
+            stamp["busy_fraction_start"] = round(busy_fraction_start, 3)
+        return stamp
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def wait_until_quiet(limit: float = QUIET_BUSY_FRACTION, timeout: float = 600.0, quiet_seconds: int = 3) -> float:
@@ -60,9 +195,11 @@ def wait_until_quiet(limit: float = QUIET_BUSY_FRACTION, timeout: float = 600.0,
 
 @contextlib.contextmanager
 def quiet_machine(timeout: float = 1800.0, verbose: bool = True):
-    """Hold the course's CPU lock and wait for idle CPUs (no-op inside a job that already holds it)."""
+    """Hold the course's CPU lock and wait for idle CPUs (no-op inside a job that already holds it).
+
+    Yields the busy fraction of the machine measured just before the job starts (None when nested)."""
     if os.environ.get(HELD_VARIABLE):
-        yield
+        yield None
         return
     LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK_PATH, "a+") as handle:
@@ -74,8 +211,7 @@ def quiet_machine(timeout: float = 1800.0, verbose: bool = True):
             fcntl.flock(handle, fcntl.LOCK_EX)
         os.environ[HELD_VARIABLE] = "1"
         try:
-            wait_until_quiet(timeout=timeout)
-            yield
+            yield wait_until_quiet(timeout=timeout)  # the busy fraction the job started at
         finally:
             os.environ.pop(HELD_VARIABLE, None)
             fcntl.flock(handle, fcntl.LOCK_UN)

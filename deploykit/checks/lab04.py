@@ -237,6 +237,7 @@ def check_sweep(results, threads) -> None:
         for batch in batches:
             got = sorted({row["threads"] for row in results if row["model"] == model and row["batch"] == batch})
             require(got == threads, f"{model} batch {batch}: measured at threads {got}; expected each of {threads}")
+    _require_quiet_sweep(results, threads)
     for row in results:
         if "speedup" in row:
             require(math.isclose(row["speedup"], row["pytorch_ms"] / row["ort_ms"], rel_tol=1e-6),
@@ -256,6 +257,27 @@ def check_sweep(results, threads) -> None:
                     f"measures the fair way ({fair:.4f} ms): {cause}" if ratio > 1 else
                     f"digits batch {row['batch']}, 1 thread: your {runtime} is {got:.4f} ms, far below one inference "
                     f"here ({fair:.4f} ms): does the timed call run the model on the whole batch?")
+
+
+def _require_quiet_sweep(results, threads) -> None:
+    """The same work at more threads far slower than at 1 thread: the machine was busy, not the runtime slow."""
+    from ..bench import contention
+
+    one = min(threads)
+    for row in results:
+        if row["threads"] == one:
+            continue
+        base = [r for r in results if (r["model"], r["batch"], r["threads"]) == (row["model"], row["batch"], one)]
+        if not base:
+            continue
+        for key, runtime in (("pytorch_ms", "PyTorch"), ("ort_ms", "ONNX Runtime")):
+            reason = contention(base[0][key], row[key], threads=row["threads"])
+            require(reason is None,
+                    f"machine busy: re-run. {runtime}, {row['model']} batch {row['batch']}: {base[0][key]:.3f} ms at "
+                    f"{one} thread and {row[key]:.3f} ms at {row['threads']} threads. The same work on more threads "
+                    "is never that much slower unless the threads waited for cores that other programs held; a "
+                    "speed-up computed from these numbers measures the load, not the runtimes. Check the load "
+                    "average (dk.print_machine_info()), close what else is running, then run the sweep again")
 
 
 #: A sweep's figure may differ from the check's own fair measurement by this factor (noise, load).
