@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
@@ -90,3 +91,63 @@ def test_readme_index_matches_the_notebooks():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     _, table, _ = course_index.split_readme(text)
     assert table == course_index.render(ROOT), "README.md's course index is stale; run: python tools/course_index.py"
+
+
+# --- every map of the course, from the one index (issue 22) ---------------------------------------
+
+MAP_FILES = {relative: (start, end) for relative, start, end, _ in course_index.MAPS}
+
+
+def test_every_map_is_generated_and_current():
+    """README's index, notebook 00's map and docs/teaching.md's timetable are what the files say."""
+    for relative, start, end, renderer in course_index.MAPS:
+        current = course_index.map_text(ROOT / relative, start, end)
+        assert current == renderer(ROOT), f"{relative}: its course map is stale; run: python tools/course_index.py"
+
+
+@pytest.mark.parametrize("relative", list(MAP_FILES))
+def test_every_map_lists_every_lecture_and_lab(relative):
+    text = course_index.map_text(ROOT / relative, *MAP_FILES[relative])
+    lectures, labs = course_index.course(ROOT)
+    assert lectures and labs
+    for number, path in lectures.items():
+        if relative == "docs/teaching.md":
+            assert f"| {number} " in text or f", {number} " in text, f"{relative} leaves out lecture {number}"
+        else:
+            assert path.name in text, f"{relative} leaves out lecture {path.name}"
+    for number in labs:
+        assert f"ab {number}" in text, f"{relative} leaves out lab {number}"
+
+
+def test_teaching_guide_assesses_every_lab_and_states_no_install_facts_of_its_own():
+    text = (ROOT / "docs" / "teaching.md").read_text(encoding="utf-8")
+    assessed = text.split("## What each lab assesses", 1)[1].split("##", 1)[0]
+    for number in course_index.course(ROOT)[1]:
+        assert f"\n| {number} " in assessed, f"docs/teaching.md: 'What each lab assesses' leaves out lab {number}"
+    # disk space and install time are stated once, in the README, and referenced from here
+    assert not re.search(r"GB of disk|minutes to install", text) and "README.md#start-in-a-minute" in text
+
+
+def test_new_notebooks_appear_in_every_map(tmp_path):
+    make_course(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "teaching.md").write_text("# Guide\n\n<!-- course-timetable:start -->\n<!-- course-timetable:end -->\n")
+    notebook(tmp_path / "notebooks" / "00_setup_check.ipynb", "# 00 · Setup\n\n**Time:** about 2 minutes.",
+             "## Map\n\n<!-- course-map:start -->\nold\n<!-- course-map:end -->\n")
+    notebook(tmp_path / "notebooks" / "13_new_lecture.ipynb", "# 13 · Brand new: a lecture\n\n**Time:** about 30 minutes.")
+    assert course_index.main(["--root", str(tmp_path), "--check"]) == 1
+    assert course_index.main(["--root", str(tmp_path)]) == 0
+    assert course_index.main(["--root", str(tmp_path), "--check"]) == 0
+    nb_map = course_index.map_text(tmp_path / "notebooks" / "00_setup_check.ipynb", *MAP_FILES["notebooks/00_setup_check.ipynb"])
+    assert "[13 · Brand new](13_new_lecture.ipynb)" in nb_map and "(../labs/lab01_inspect_graph.ipynb)" in nb_map
+    timetable = (tmp_path / "docs" / "teaching.md").read_text()
+    assert "13 Brand new" in timetable and "lab 42 Bonus" in timetable and "old" not in nb_map
+    # 00 and 01... 04 have no lab of their own here: lecture 04 joins 03's session; 13 joins it too
+    assert course_index.sessions(tmp_path) == [(["00"], []), (["02"], ["01"]), (["03", "04", "13"], ["02"]), ([], ["42"])]
+    assert "| 3 | 03 Inputs \\| outputs, 04 Untitled thing, 13 Brand new | lab 02 Tracing pitfalls | 30+ |" in timetable
+
+
+def test_minutes_reads_the_stated_time(tmp_path):
+    path = notebook(tmp_path / "n.ipynb", "# T\n\n**Time:** about 25 minutes (the notebook runs in 20 s).")
+    assert course_index.minutes(path) == 25
+    assert course_index.minutes(notebook(tmp_path / "m.ipynb", "# T")) is None
