@@ -177,3 +177,20 @@ def test_machine_load_reports_the_load_and_others_share():
         assert 0.0 <= load["others_busy_fraction"] <= 1.0
     if load["load_average"] is not None:
         assert len(load["load_average"]) == 3 and all(v >= 0 for v in load["load_average"])
+
+
+def test_the_benchmark_script_prints_busy_rows_instead_of_their_ratio():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_ort_vs_torch", Path(__file__).resolve().parents[1] / "tools" / "bench_ort_vs_torch.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = [{"model": "digits", "batch": 1, "threads": t, "pytorch_ms": p, "ort_ms": o, "contended": None}
+            for t, p, o in ((1, 0.471, 0.055), (2, 55.994, 0.064))]
+    rows += [{"model": "resnet18", "batch": 1, "threads": t, "pytorch_ms": p, "ort_ms": o, "contended": None}
+             for t, p, o in ((1, 130.0, 100.0), (2, 80.0, 55.0))]
+    flagged = tool.flag_contention(rows)
+    assert flagged[1]["contended"] and "118.9x" in flagged[1]["contended"]
+    assert not flagged[0]["contended"] and not flagged[2]["contended"] and not flagged[3]["contended"]

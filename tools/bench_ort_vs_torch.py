@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from deploykit.bench import SPEED_PLAN as PLAN  # noqa: E402  the notebook's plan: (model, batch) -> (warm-up, timed)
 from deploykit.bench import SPEED_ROUNDS as ROUNDS  # noqa: E402
-from deploykit.bench import benchmark_rounds, speedup_spread  # noqa: E402
+from deploykit.bench import BUSY, benchmark_rounds, contention, speedup_spread  # noqa: E402
 
 
 def usable_cores() -> int:
@@ -89,7 +89,18 @@ def measure(name: str, batch: int, threads: int, scale: float = 1.0) -> dict:
     return {"model": name, "batch": batch, "threads": threads, "pytorch_ms": pt.median_ms,
             "pytorch_tail": pt.tail, "ort_ms": rt.median_ms, "ort_tail": rt.tail,
             "speedup": speedup, "speedup_low": low, "speedup_high": high,
-            "rounds": ROUNDS, "warmup": warmup, "repeats": repeats}
+            "rounds": ROUNDS, "warmup": warmup, "repeats": repeats,
+            "contended": contention(pt) or contention(rt)}
+
+
+def flag_contention(rows: list[dict]) -> list[dict]:
+    """Mark rows whose work ran far slower on more threads than on one (the machine was busy)."""
+    for row in rows:
+        one = next((r for r in rows if (r["model"], r["batch"], r["threads"]) == (row["model"], row["batch"], 1)), None)
+        if one is not None and row["threads"] > 1 and not row["contended"]:
+            row["contended"] = (contention(one["pytorch_ms"], row["pytorch_ms"], threads=row["threads"])
+                                or contention(one["ort_ms"], row["ort_ms"], threads=row["threads"]))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    rows = [measure(name, batch, threads, args.scale)
-            for threads in thread_counts() for (name, batch) in PLAN]
+    rows = flag_contention([measure(name, batch, threads, args.scale)
+                            for threads in thread_counts() for (name, batch) in PLAN])
     if args.json:
         print(json.dumps({"machine": dk.machine_info(), "load_average": os.getloadavg(), "rows": rows}, indent=1))
         return 0
@@ -108,10 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ROUNDS} rounds, order alternated; ms: median of all samples; speed-up: median of the rounds")
     print(f"{'model':>9} {'batch':>5} {'thr':>3} {'PyTorch ms':>11} {'ORT ms':>9} {'speed-up':>8} {'rounds':>13}")
     for r in rows:
-        print(f"{r['model']:>9} {r['batch']:>5} {r['threads']:>3} {r['pytorch_ms']:>11.3f} {r['ort_ms']:>9.3f} "
-              f"{r['speedup']:>7.2f}x {r['speedup_low']:>5.2f}-{r['speedup_high']:.2f}x")
-    geo = math.exp(float(np.mean([math.log(r["speedup"]) for r in rows])))
-    print(f"geometric mean speed-up of ONNX Runtime over PyTorch: {geo:.2f}x")
+        speed = (f"{r['speedup']:>7.2f}x {r['speedup_low']:>5.2f}-{r['speedup_high']:.2f}x" if not r["contended"]
+                 else f"{BUSY} ({r['contended']})")
+        print(f"{r['model']:>9} {r['batch']:>5} {r['threads']:>3} {r['pytorch_ms']:>11.3f} {r['ort_ms']:>9.3f} {speed}")
+    clean = [r for r in rows if not r["contended"]]
+    if len(clean) < len(rows):
+        print(f"{len(rows) - len(clean)} row(s) measured on a busy machine: re-run when nothing else is running")
+    if clean:
+        geo = math.exp(float(np.mean([math.log(r["speedup"]) for r in clean])))
+        print(f"geometric mean speed-up of ONNX Runtime over PyTorch ({len(clean)} clean rows): {geo:.2f}x")
     return 0
 
 
