@@ -338,6 +338,10 @@ CONTENTION_SLOWDOWN = 2.0
 SPREAD_LIMIT = 3.0
 #: Round medians of one configuration this far apart (highest / lowest): the machine changed under us.
 ROUND_SPREAD_LIMIT = 1.5
+#: ... and by at least this much in absolute terms. Another process takes a core for a scheduler time
+#: slice (milliseconds); a call of a few microseconds has tails and thread wake-ups of tens of
+#: microseconds on a quiet machine (a 10 us LiteRT call with a 35 us p90), which are not load.
+CONTENTION_MIN_MS = 0.25
 
 BUSY = "machine busy: re-run"
 
@@ -354,19 +358,20 @@ def _median_and_tail(result) -> tuple[float, float | None]:
 
 def contention(one_thread, more_threads=None, *, threads: int | None = None,
                slowdown_limit: float = CONTENTION_SLOWDOWN, spread_limit: float = SPREAD_LIMIT,
-               round_spread_limit: float = ROUND_SPREAD_LIMIT) -> str | None:
+               round_spread_limit: float = ROUND_SPREAD_LIMIT, min_ms: float = CONTENTION_MIN_MS) -> str | None:
     """Why a measurement looks contended (the machine was busy), or None when it looks clean.
 
     ``one_thread`` and ``more_threads``: the same work (model, batch, runtime) at 1 thread and at
     more threads, each a median in ms, a :class:`BenchResult`, a :class:`RoundsResult` or a dict with
     ``median_ms`` (and ``p90_ms``). Flags more threads ``slowdown_limit`` times slower than one, a
-    tail ``spread_limit`` times the median, or round medians ``round_spread_limit`` apart. Print
+    tail ``spread_limit`` times the median, or round medians ``round_spread_limit`` apart, each only
+    when the difference is also at least ``min_ms`` (a scheduler time slice, not microsecond jitter). Print
     :data:`BUSY` instead of a ratio built on a flagged result (see :func:`speedup_text`).
     """
     one_median, one_tail = _median_and_tail(one_thread)
     if more_threads is not None:
         more_median, more_tail = _median_and_tail(more_threads)
-        if more_median > slowdown_limit * one_median:
+        if more_median > slowdown_limit * one_median and more_median - one_median >= min_ms:
             many = f"{threads} threads" if threads else "more threads"
             return (f"{many} took {more_median:.3f} ms, {more_median / one_median:.1f}x the 1-thread "
                     f"{one_median:.3f} ms on the same work: the threads waited for busy cores")
@@ -374,11 +379,11 @@ def contention(one_thread, more_threads=None, *, threads: int | None = None,
         if result is None:
             continue
         median, tail = _median_and_tail(result)
-        if tail is not None and median > 0 and tail > spread_limit * median:
+        if tail is not None and median > 0 and tail > spread_limit * median and tail - median >= min_ms:
             return f"tail {tail:.3f} ms is {tail / median:.1f}x the median {median:.3f} ms: runs were interrupted"
         if isinstance(result, RoundsResult) and len(result.rounds) > 1:
             low, high = result.spread_ms
-            if low > 0 and high > round_spread_limit * low:
+            if low > 0 and high > round_spread_limit * low and high - low >= min_ms:
                 return f"round medians {low:.3f}-{high:.3f} ms differ by {high / low:.1f}x: the machine's load changed"
     return None
 

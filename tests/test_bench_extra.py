@@ -152,14 +152,19 @@ def test_contention_flags_more_threads_far_slower_than_one():
     assert contention(10.0, 14.0) is None  # a little slower: synchronisation on a small model, not load
     assert contention(10.0, 25.0) is not None
     assert contention({"median_ms": 1.0, "p90_ms": 1.2}, {"median_ms": 2.5, "p90_ms": 2.6}) is not None
+    # microseconds: thread wake-up on a tiny call (lecture 12's MNN, 10.7 -> 34.5 us) is not load
+    assert contention(0.0107, 0.0345, threads=2) is None
 
 
 def test_contention_flags_a_wide_tail_and_rounds_that_disagree():
     assert contention(_bench(1.0, 1.4)) is None
     assert "interrupted" in contention(_bench(1.0, 3.5))
+    assert contention(_bench(0.010, 0.035)) is None  # a 10 us call with a 35 us p90 on a quiet machine (lecture 09)
+    assert contention(_bench(1.777, 6.630)) is not None  # lab 08's ORT at 2 threads, once published
     steady = RoundsResult("a", ((1.0,) * 5, (1.1,) * 5, (1.05,) * 5), 1, 1, 1)
     moved = RoundsResult("a", ((1.0,) * 5, (2.0,) * 5, (1.0,) * 5), 1, 1, 1)
-    assert contention(steady) is None
+    jitter = RoundsResult("a", ((0.0077,) * 5, (0.0143,) * 5, (0.008,) * 5), 1, 1, 1)
+    assert contention(steady) is None and contention(jitter) is None
     assert "round medians" in contention(moved)
 
 
