@@ -11,7 +11,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
-.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model grade install-instructor test-portable test-isa
+.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model reference-lm grade install-instructor test-portable test-isa
 
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
@@ -29,6 +29,7 @@ help:
 	@echo "make install-instructor  add nbgrader (requirements-instructor.txt) for classes that grade with it"
 	@echo "make grade SUBMISSIONS=dir [LAB=lab05]  instructors: run every submitted lab, write grade tables to grades/"
 	@echo "make reference-model  maintainers: retrain the shipped digits model (deploykit/assets/) and update its hash"
+	@echo "make reference-lm     maintainers: retrain the shipped language model (deploykit/assets/pydoc_lm/, minutes)"
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	@# Verified Pythons: the same list as deploykit/setup_check.py VERIFIED_PYTHONS (a test checks they agree).
@@ -68,6 +69,9 @@ clean-artifacts:
 
 reference-model: install
 	$(BIN)/python tools/make_reference_model.py --force
+
+reference-lm: install
+	$(BIN)/python tools/quiet_machine.py -- $(BIN)/python tools/make_language_model.py --force
 
 grade: install
 	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=path/to/submissions [LAB=lab05]"; exit 2)
