@@ -5,13 +5,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PORT ?= 8888
 # Jupyter refuses to run as root (e.g. in a container) without --allow-root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Extra options for `jupyter lab`, e.g. LAB_ARGS="--no-browser" (the browser test passes a token).
 LAB_ARGS ?=
 
-.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model reference-lm grade install-instructor test-portable test-isa
+.PHONY: help install lab test labs check-labs profile clean-artifacts reference-model reference-lm grade install-instructor test-portable test-isa site install-docs
 
 help:
 	@echo "make lab              install if needed, then open JupyterLab on 00_setup_check, the course map (Ctrl-C twice to stop)"
@@ -26,6 +27,9 @@ help:
 	@echo "make check-labs       fail if labs/ is stale or leaks solution code"
 	@echo "make profile          wall time and peak memory of every notebook, warm and cold cache -> docs/profile*.md"
 	@echo "make clean-artifacts  delete generated models in artifacts/ (do this after updating the course)"
+	@echo "make site             the course website in build/site/ (open build/site/index.html): every lecture, lab,"
+	@echo "                      solution and doc with its committed outputs, nothing executed; SITE_ARGS=--clean rebuilds all"
+	@echo "make install-docs     only add the website tools (requirements-docs.txt: Sphinx, myst-nb) to .venv"
 	@echo "make install-instructor  add nbgrader (requirements-instructor.txt) for classes that grade with it"
 	@echo "make grade SUBMISSIONS=dir [LAB=lab05]  instructors: run every submitted lab, write grade tables to grades/"
 	@echo "make reference-model  maintainers: retrain the shipped digits model (deploykit/assets/) and update its hash"
@@ -76,6 +80,18 @@ reference-lm: install
 grade: install
 	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=path/to/submissions [LAB=lab05]"; exit 2)
 	$(BIN)/python tools/grade.py "$(SUBMISSIONS)" $(if $(LAB),--lab $(LAB))
+
+# The website needs only its own tools (not PyTorch & co.): `make site` works without `make install`.
+$(DOCS_STAMP): requirements-docs.txt requirements-lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements-docs.txt -c requirements-lock.txt
+	touch $(DOCS_STAMP)
+
+install-docs: $(DOCS_STAMP)
+
+site: install-docs
+	$(BIN)/python tools/build_site.py $(SITE_ARGS)
 
 install-instructor: install
 	$(BIN)/python -m pip install --quiet -r requirements-instructor.txt -c requirements-lock.txt
