@@ -49,10 +49,35 @@ def test_helpers(split, capsys):
     assert "not written yet" in capsys.readouterr().out
 
 
-def test_quantized(capsys):
+def learner_static(name, images, method="Percentile", batch=None):
+    """What a learner's Exercise 3 writes: the pre-processed model, quantize_static with a reader over ``images``."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": images[i:i + batch]} for i in range(0, len(images), batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    batch = batch or max(size for size in range(1, 65) if len(images) % size == 0)   # histograms: one batch shape
+    target = dk.artifact_path(f"test_lab05/{name}.onnx")
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(lab05._prepared_model()), str(target), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+    return target
+
+
+def test_quantized(split, capsys):
     dynamic, static = q.quantize_digits("dynamic"), q.quantize_digits("static")
     assert lab05.check_quantized(dynamic, "dynamic")
-    assert lab05.check_quantized(static, "static")
+    images = split.x_train[:256]
+    assert lab05.check_quantized(learner_static("percentile_256", images), "static", images)
     capsys.readouterr()
     assert not lab05.check_quantized(static, "dynamic")
     assert "statically quantised" in capsys.readouterr().out
@@ -129,14 +154,47 @@ def test_ort_file(capsys):
     assert "not an ORT flatbuffer" in capsys.readouterr().out
 
 
-def test_static_calibrated_on_test_images(split, capsys):
-    on_test = q.quantize_onnx(dk.digits_onnx(), "test_lab05/calibrated_on_test.onnx", "static",
-                              calibration_x=split.x_test, overwrite=True)
-    assert not lab05.check_quantized(on_test, "static")
-    assert "calibrated on the test images" in capsys.readouterr().out
-    fewer_train = q.quantize_onnx(dk.digits_onnx(), "test_lab05/calibrated_on_64_train.onnx", "static",
-                                  calibration_x=split.x_train[:64], overwrite=True)
-    assert lab05.check_quantized(fewer_train, "static")  # less calibration data is allowed (Going further)
+@pytest.mark.parametrize("images, words", [
+    (lambda split: split.x_test[:256], "are test images"),                                   # part of the test split
+    (lambda split: np.concatenate([split.x_train[:192], split.x_test[:64]]), "64 of your 256"),  # train + test
+    (lambda split: split.x_test[:300], "are test images"),
+    (lambda split: split.x_train[:320], "budget is 256"),
+    (lambda split: np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32), "not train images"),
+])
+def test_static_calibration_data_that_is_not_allowed(split, capsys, images, words):
+    # Issue 23 §2: calibrating on part of the test split, or train+test, or over the budget, never passes.
+    data = images(split)
+    path = learner_static("calibrated_on_other_data", data)
+    assert not lab05.check_quantized(path, "static", data)
+    assert words in capsys.readouterr().out
+
+
+def test_static_calibrated_on_test_but_train_images_passed(split, capsys):
+    path = learner_static("calibrated_on_test", split.x_test[:256])
+    assert not lab05.check_quantized(path, "static", split.x_train[:256])
+    assert "pass exactly the images" in capsys.readouterr().out
+
+
+def test_static_with_minmax_or_no_images(split, capsys):
+    images = split.x_train[:128]
+    path = learner_static("minmax_128", images, method="MinMax")
+    assert not lab05.check_quantized(path, "static", images)
+    assert "CalibrationMethod.Percentile" in capsys.readouterr().out
+    assert not lab05.check_quantized(path, "static")
+    assert "calibration_images" in capsys.readouterr().out
+
+
+def test_static_batching_does_not_matter(split, capsys):
+    images = split.x_train[:64]
+    assert lab05.check_quantized(learner_static("percentile_64_in_16s", images, batch=16), "static", images)
+    assert capsys.readouterr().out.startswith("[PASS]")
+
+
+def test_blank_exercises_get_a_hint_naming_the_exercise(capsys):
+    assert not lab05.check_latency({})
+    assert "finish Exercise 4" in capsys.readouterr().out
+    assert not lab05.check_choice(None, {"fp32": 1, "dynamic": 1, "static": 1})
+    assert "finish Exercise 5" in capsys.readouterr().out
 
 
 def write_ort(source, target, disabled):

@@ -130,3 +130,52 @@ def test_given_cells_print_no_answer(solution_path):
 def test_lab02_lists_the_phrases_that_would_give_its_answers_away():
     phrases = answer_phrases("lab02_tracing_pitfalls.ipynb")
     assert "decoy" in phrases and "traces correctly" in phrases
+
+
+# (d) A blank lab run top to bottom (as the grader runs it: errors do not stop the run) gets hints, never a
+#     bare traceback, from its check cells: given code binds every result a check reads before the exercise's
+#     stub (``table = {}``, ``choice = None``), and checks answer a placeholder with the exercise to finish
+#     (deploykit.checks.require_result).
+
+def _grader():
+    spec = importlib.util.spec_from_file_location("grade_for_integrity", ROOT / "tools" / "grade.py")
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["grade_for_integrity"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Labs whose blank run still raises in a check cell (found by this test; their solutions are outside
+#: issue 23's labs 05-08): expected failures until their given cells bind the checked names first. Remove
+#: a lab from here when it is fixed (an XPASS in the report says so).
+BLANK_RUN_KNOWN: dict[str, str] = {
+    "lab01_inspect_graph": "check cell 17 calls the learner's stub directly (NotImplementedError)",
+    "lab02_tracing_pitfalls": "check cells 16-19 call the learner's stubs directly (NotImplementedError)",
+    "lab03_export_and_parity": "NameError 'reports', 'op_counts': bound only by the exercises",
+    "lab04_fair_benchmark": "NameError 'results': bound only by the exercise",
+    "lab06_litert_convert": "NameError 'ort_logits', 'ort_result': bound only by the exercises",
+    "lab09_fix_export_conversion": "NameError 'onnx_intermediate': bound only by the exercise",
+}
+
+
+@pytest.mark.measured
+@pytest.mark.parametrize("lab_path", [pytest.param(path, marks=pytest.mark.xfail(reason=BLANK_RUN_KNOWN[path.stem]))
+                                      if path.stem in BLANK_RUN_KNOWN else path for path in LABS], ids=lambda p: p.stem)
+def test_blank_lab_check_cells_answer_with_hints(lab_path, tmp_path):
+    grader = _grader()
+    status, executed = grader.execute(lab_path, tmp_path, cell_timeout=300, timeout=900)
+    assert status == "ok", status
+    ran = nbformat.read(executed, as_version=4)
+    tracebacks, silent = [], []
+    for index, cell in enumerate(ran.cells):
+        if cell.cell_type != "code" or not grader.check_calls(cell.source):
+            continue
+        errors = [f"{out.get('ename')}: {str(out.get('evalue'))[:120]}" for out in cell.outputs if out.output_type == "error"]
+        if errors:
+            tracebacks.append((index, errors[0]))
+        elif not grader.result_lines(cell):
+            silent.append(index)
+    assert not tracebacks, f"{lab_path.name}: check cells raised instead of giving a hint (cell, error): {tracebacks}"
+    assert not silent, f"{lab_path.name}: check cells printed no [PASS]/[HINT] line: {silent}"

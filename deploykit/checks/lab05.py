@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CheckFailed, check, require, require_fair_benchmark
+from . import CheckFailed, check, ready, require, require_fair_benchmark, require_result
 
 SIZE_BUDGET_KB = 60.0
 MAX_DROP_POINTS = 1.0
 MODEL_SUFFIXES = (".onnx", ".ort")
+#: Static int8 is calibrated with CalibrationMethod.Percentile on at most this many train images.
+CALIBRATION_BUDGET = 256
+CALIBRATION_METHOD = "Percentile"
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
 STATIC_OPS = {"QuantizeLinear", "QLinearConv", "QGemm", "QLinearMatMul"}
 
@@ -98,23 +101,87 @@ def _activation_scales(path: Path) -> dict[str, float]:
             if node.op_type == "QuantizeLinear" and node.input[0] not in initializers and node.input[1] in initializers}
 
 
-def _calibrated_on_test_images(path: Path) -> bool:
-    """True if ``path``'s activation scales equal those of a MinMax calibration on the test split."""
-    from ..exports import digits_onnx
-    from ..quantize import quantize_onnx
+def _prepared_model() -> Path:
+    """The check's own ``quant_pre_process`` of the course's digits model (what Exercise 2 prepares)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reference = quantize_onnx(digits_onnx(), "checks/lab05_calibrated_on_test.onnx", "static",
-                              calibration_x=_split().x_test)
-    mine, test_scales = _activation_scales(path), _activation_scales(reference)
-    shared = [name for name in mine if name in test_scales and name != "input"]  # the input's range is the same
-    if len(shared) < 3:
-        return False  # another graph: cannot tell
-    return all(math.isclose(mine[name], test_scales[name], rel_tol=1e-5) for name in shared)
+    from ..exports import digits_onnx
+    from ..paths import artifact_path
+
+    source, prepared = digits_onnx(), artifact_path("checks/lab05_digits_cnn.pre.onnx")
+    if not prepared.exists() or prepared.stat().st_mtime < source.stat().st_mtime:
+        prepared.parent.mkdir(parents=True, exist_ok=True)
+        quant_pre_process(str(source), str(prepared))
+    return prepared
+
+
+def _reference_scales(images: np.ndarray, method: str) -> dict[str, float]:
+    """Activation scales of a static QDQ int8 model calibrated with ``method`` on ``images`` (the check's own run).
+    MinMax and Percentile do not depend on how the images are cut into batches (of one shape)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    batch = max(size for size in range(1, 65) if len(images) % size == 0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(images[i:i + batch] for i in range(0, len(images), batch))
+
+        def get_next(self):
+            chunk = next(self.batches, None)
+            return None if chunk is None else {"input": chunk}
+
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / f"reference_{method}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):   # the histogram methods print their progress
+            quantize_static(str(_prepared_model()), str(target), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, method))
+        return _activation_scales(target)
+
+
+def _same_scales(mine: dict, reference: dict) -> bool:
+    shared = [name for name in reference if name in mine and name != "input"]
+    return len(shared) >= 3 and all(math.isclose(mine[name], reference[name], rel_tol=1e-3) for name in shared)
+
+
+def _check_calibration(path: Path, calibration) -> None:
+    """``calibration``: the images the learner's reader fed to ``quantize_static``. No test image, train images
+    only, within the budget, and the file's scales are those Percentile calibration on them gives."""
+    require(calibration is not None, "pass the images you calibrated on as well: "
+            "check_quantized(static_path, 'static', calibration_images)")
+    images = np.asarray(calibration)
+    require(images.ndim == 4 and images.shape[1:] == (1, 8, 8) and images.dtype == np.float32,
+            f"calibration_images should be digits images, float32 (N, 1, 8, 8), got {images.dtype} {images.shape}")
+    split = _split()
+    test_rows = {row.tobytes() for row in split.x_test}
+    leaked = sum(row.tobytes() in test_rows for row in images)
+    require(leaked == 0, f"{leaked} of your {len(images)} calibration images are test images (split.x_test): the "
+            "accuracy you report on the test split would be optimistic. Calibrate on split.x_train only")
+    train_rows = {row.tobytes() for row in split.x_train}
+    require(all(row.tobytes() in train_rows for row in images), "some calibration images are not train images: "
+            "calibrate on images of split.x_train, as they are (float32, NCHW, scaled to [0, 1])")
+    require(len(images) <= CALIBRATION_BUDGET, f"{len(images)} calibration images: the budget is "
+            f"{CALIBRATION_BUDGET}; see whether fewer are enough")
+    mine = _activation_scales(path)
+    if _same_scales(mine, _reference_scales(images, CALIBRATION_METHOD)):
+        return
+    require(not _same_scales(mine, _reference_scales(images, "MinMax")),
+            f"{path.name} was calibrated with MinMax, quantize_static's default: set "
+            f"calibrate_method=CalibrationMethod.{CALIBRATION_METHOD}")
+    raise CheckFailed(f"{path.name}'s activation scales are not what {CALIBRATION_METHOD} calibration on the images "
+                      "you passed gives: quantise the pre-processed model (prepared_path), and pass exactly the images "
+                      "your reader fed to quantize_static")
 
 
 @check("int8 quantised model")
-def check_quantized(path, kind: str) -> None:
-    """``path`` is an int8 model of the given ``kind`` ("dynamic" or "static"), smaller than fp32."""
+def check_quantized(path, kind: str, calibration=None) -> None:
+    """``path`` is an int8 model of the given ``kind`` ("dynamic" or "static"), smaller than fp32; a static one
+    calibrated with Percentile on ``calibration`` (at most ``CALIBRATION_BUDGET`` train images, no test image)."""
     from ..exports import digits_onnx
 
     require(kind in ("dynamic", "static"), f"kind should be 'dynamic' or 'static', got {kind!r}")
@@ -137,14 +204,13 @@ def check_quantized(path, kind: str) -> None:
     require(accuracy >= 0.9, f"{path.name} scores only {accuracy:.3f}: check the calibration data "
             "(digits train images, float32, NCHW, scaled to [0, 1])")
     if kind == "static":
-        require(not _calibrated_on_test_images(path), f"{path.name} was calibrated on the test images (its activation "
-                "scales are exactly those the test split gives): calibrate on split.x_train, never on the data "
-                "you score on, or the accuracy you report is optimistic")
+        _check_calibration(path, calibration)
 
 
 @check("single-thread latency table")
 def check_latency(results: dict) -> None:
     """``results``: label -> ``dk.benchmark`` result for "fp32", "dynamic" and "static", 1 thread, batch 1."""
+    require_result(results, "results", "Exercise 4")
     require(isinstance(results, dict), f"expected a dict label -> BenchResult, got {type(results).__name__}")
     missing = {"fp32", "dynamic", "static"} - set(results)
     require(not missing, f"missing entries {sorted(missing)}: measure all three models")
@@ -172,6 +238,8 @@ def check_choice(choice: str, results: dict) -> None:
     from ..quantize import quantize_digits
     from ..exports import digits_onnx
 
+    require_result(results, "results", "Exercise 4")
+    require_result(choice, "choice", "Exercise 5")
     require(choice in ("fp32", "dynamic", "static"), f"choice should be 'fp32', 'dynamic' or 'static', got {choice!r}")
     require(isinstance(results, dict) and {"fp32", "dynamic", "static"} <= set(results),
             "pass your latency results dict too: check_choice(choice, results)")
@@ -204,5 +272,5 @@ def check_ort_file(path) -> None:
     check_budget.__wrapped__(path)
 
 
-__all__ = ["MAX_DROP_POINTS", "SIZE_BUDGET_KB", "check_budget", "check_choice", "check_helpers", "check_latency",
+__all__ = ["CALIBRATION_BUDGET", "MAX_DROP_POINTS", "ready", "SIZE_BUDGET_KB", "check_budget", "check_choice", "check_helpers", "check_latency",
            "check_ort_file", "check_quantized", "fp32_accuracy"]

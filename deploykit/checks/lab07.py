@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bench import time_scale
-from . import check, require
+from . import check, ready, require, require_result
 
 RUNTIMES = {
     "pytorch_eager": (".pth", ".pt"),
@@ -48,6 +48,7 @@ def check_model(model) -> None:
 
     from ..models import DigitsCNN
 
+    require_result(model, "model", "Exercise 1")
     require(isinstance(model, torch.nn.Module), f"expected a torch.nn.Module, got {type(model).__name__}")
     require(not isinstance(model, DigitsCNN), "that is the course's DigitsCNN: the capstone asks for a model the course "
             "has not shown (e.g. depthwise-separable convolutions, or an MLP)")
@@ -116,6 +117,8 @@ def _float_weights(proto) -> list[str]:
 @check("deployed files: types and parity with PyTorch eager")
 def check_deployments(model, files: dict) -> None:
     """``files``: runtime -> path, for every runtime in ``RUNTIMES``; each reproduces ``model``'s answers."""
+    require_result(model, "model", "Exercise 1")
+    require_result(files, "files", "Exercise 2")
     require(isinstance(files, dict), f"expected a dict runtime -> path, got {type(files).__name__}")
     missing = set(RUNTIMES) - set(files)
     require(not missing, f"missing runtimes {sorted(missing)}: deploy the model every way ({sorted(RUNTIMES)})")
@@ -156,6 +159,7 @@ def check_table(table: dict) -> None:
     """Every runtime measured: true file size, accuracy, top-1 agreement, single-thread batch-1 latency."""
     from ..bench import BenchResult
 
+    require_result(table, "table", "Exercise 3 (it needs Exercise 2's files and runners)")
     require(isinstance(table, dict), f"expected a dict runtime -> row, got {type(table).__name__}")
     missing = set(RUNTIMES) - set(table)
     require(not missing, f"missing rows {sorted(missing)}")
@@ -193,6 +197,10 @@ def eligible(table: dict) -> list[str]:
 @check("deployment decision")
 def check_decision(table: dict, choice: str) -> None:
     """``choice``: among the runtimes that pass the gates (see :func:`eligible`), the smallest file."""
+    require_result(table, "table", "Exercise 3")
+    require_result(choice, "choice", "Exercise 4")
+    require(isinstance(table, dict) and set(RUNTIMES) <= set(table), "table lacks runtimes: run Exercise 3 for all of "
+            f"{sorted(RUNTIMES)} first (check_table tells what is missing)")
     require(choice in RUNTIMES, f"choice should be one of {sorted(RUNTIMES)}, got {choice!r}")
     require(choice != "pytorch_eager", "PyTorch eager is the reference, not a phone runtime (it ships the whole of "
             "PyTorch): pick one of the deployed runtimes")
@@ -208,5 +216,5 @@ def check_decision(table: dict, choice: str) -> None:
             "the smaller download wins")
 
 
-__all__ = ["FRAME_BUDGET_MS", "MAX_DROP_POINTS", "MIN_TOP1_AGREEMENT", "MODEL_SHARE", "RUNTIMES", "check_decision",
+__all__ = ["ready", "FRAME_BUDGET_MS", "MAX_DROP_POINTS", "MIN_TOP1_AGREEMENT", "MODEL_SHARE", "RUNTIMES", "check_decision",
            "check_deployments", "check_model", "check_table", "eligible"]
