@@ -76,12 +76,16 @@ def graded(tmp_path_factory):
     (folder / "fay" / f"{LAB}.ipynb").write_text("{ this is not json", encoding="utf-8")
     (folder / "gus").mkdir()
     shutil.copyfile(ROOT / "labs" / "lab02_tracing_pitfalls.ipynb", folder / "gus" / "lab02_tracing_pitfalls.ipynb")
+    # ada also handed in another week's lab in her folder: one learner, and not a "wrong lab" row
+    shutil.copyfile(ROOT / "labs" / "lab02_tracing_pitfalls.ipynb", folder / "ada" / "lab02_tracing_pitfalls.ipynb")
 
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     assert grader.main([str(folder), "--lab", "lab01", "--out", str(out), "--cell-timeout", "20", "--timeout", "120"]) == 0
     after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     with (out / "lab01.csv").open(encoding="utf-8") as handle:
-        rows = {row["learner"]: row for row in csv.DictReader(handle)}
+        listed = list(csv.DictReader(handle))
+    rows = {row["learner"]: row for row in listed}
+    assert len(rows) == len(listed), "one row per learner for the graded lab"
     return rows, before, after, out
 
 
@@ -119,16 +123,41 @@ def test_tampered_checks_score_nothing(graded):
     assert float(row["score"]) < float(rows["ada"]["score"])
 
 
-def test_malformed_file_and_wrong_week_get_their_own_rows(graded):
+def test_malformed_file_gets_its_own_row_and_other_labs_are_skipped(graded):
     rows, *_ = graded
     assert rows["fay"]["status"].startswith("not a notebook")
-    assert rows["gus"]["status"] == "wrong lab: this is lab02, graded lab01"
+    assert "gus" not in rows   # only a lab02: skipped when grading lab01, not "wrong lab 0.00"
+    assert rows["ada"]["status"] == "ok"   # her lab02 neither adds a row nor replaces her lab01
+
+
+def test_without_lab_filter_another_week_still_gets_a_row(tmp_path):
+    grader = load_grader()
+    nb = nbformat.read(ROOT / "labs" / "lab02_tracing_pitfalls.ipynb", as_version=4)
+    row = grader.grade_file("gus", ROOT / "labs" / "lab02_tracing_pitfalls.ipynb", "lab01", {}, tmp_path, tmp_path, 5, 5)
+    assert row.status == "wrong lab: this is lab02, graded lab01" and grader.which_lab(nb) == "lab02"
+    assert grader.lab_of_file(ROOT / "labs" / "lab02_tracing_pitfalls.ipynb") == "lab02"
+
+
+def test_timed_checks_are_marked(tmp_path):
+    grader = load_grader()
+    assert grader.timed_checks("lab08") == {"check_results", "check_fastest"}
+    assert grader.timed_checks("lab01") == set()
+    checks = [grader.Check("a", "check_results(results)", True, True), grader.Check("b", "check_profile(x)", True, False)]
+    rows = [grader.Row("ada", "lab08.ipynb", "lab08", results={"check_results(results)": "PASS"}, score=0.5),
+            grader.Row("ada", "lab08_again.ipynb", "lab08"), grader.Row("ben", "lab08.ipynb", "lab08")]
+    grader.write_tables(rows, {"lab08": (checks, {})}, tmp_path)
+    text = (tmp_path / "lab08.md").read_text(encoding="utf-8")
+    assert text.startswith("# lab08: 2 learner(s), 3 submission(s)")
+    assert "check_results(results) [timed]" in text and "check_profile(x) [timed]" not in text
+    assert "re-run that submission on a quiet one" in text
+    header = (tmp_path / "lab08.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "check_results(results) [timed]" in header
 
 
 def test_markdown_summary_and_executed_copies_are_written(graded):
     _, _, _, out = graded
     text = (out / "lab01.md").read_text(encoding="utf-8")
-    assert text.startswith("# lab01: 7 submission(s)") and "| ada |" in text
+    assert text.startswith("# lab01: 6 learner(s), 6 submission(s)") and "| ada |" in text
     assert (out / "executed" / "ada__lab01.ipynb").exists()
 
 
@@ -142,3 +171,38 @@ def test_grader_refuses_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         grader.main([str(tmp_path), "--out", str(tmp_path / "grades")])
     assert "--out must not be" in capsys.readouterr().err
+
+
+# --- Issue 23 §1: the same notebook gets the same grade. Lab 08's checks time the model on this machine.
+
+LAB08 = "lab08_fastest_configuration"
+
+
+def lab08_samples() -> dict:
+    complete = filled_lab(LAB08)
+    incomplete = filled_lab(LAB08)   # Exercises 3 and 4 left blank
+    stubs = [i for i, cell in enumerate(nbformat.read(ROOT / "labs" / f"{LAB08}.ipynb", as_version=4).cells)
+             if cell.cell_type == "code" and "# YOUR CODE HERE" in cell.source]
+    handed_out = nbformat.read(ROOT / "labs" / f"{LAB08}.ipynb", as_version=4)
+    for index in stubs[2:]:
+        incomplete.cells[index].source = handed_out.cells[index].source
+    return {"ada": complete, "ben": incomplete, "cat": handed_out}
+
+
+def grade_table(grader, folder, out) -> list[dict]:
+    assert grader.main([str(folder), "--lab", "lab08", "--out", str(out), "--cell-timeout", "300", "--timeout", "900"]) == 0
+    with (out / "lab08.csv").open(encoding="utf-8") as handle:
+        return [{key: value for key, value in row.items() if key != "seconds"} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.measured
+def test_lab08_sample_submissions_get_the_same_grades_twice(tmp_path):
+    grader = load_grader()
+    folder = tmp_path / "submissions"
+    for learner, nb in lab08_samples().items():
+        (folder / learner).mkdir(parents=True)
+        nbformat.write(nb, folder / learner / f"{LAB08}.ipynb")
+    first, second = grade_table(grader, folder, tmp_path / "first"), grade_table(grader, folder, tmp_path / "second")
+    assert first == second
+    scores = {row["learner"]: row["score"] for row in first}
+    assert scores["ada"] == "1.00" and 0 < float(scores["ben"]) < 1 and scores["cat"] == "0.00", first

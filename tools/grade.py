@@ -5,7 +5,7 @@ For instructors. ``SUBMISSIONS`` is a folder holding either one folder per learn
 learner's lab notebooks inside) or files named ``<learner>_labNN_<topic>.ipynb``:
 
     make grade SUBMISSIONS=path/to/submissions                # every lab found
-    make grade SUBMISSIONS=path/to/submissions LAB=lab05      # only lab 05 (other labs get a "wrong lab" row)
+    make grade SUBMISSIONS=path/to/submissions LAB=lab05      # only lab 05 (files of other labs are skipped)
     .venv/bin/python tools/grade.py SUBMISSIONS --out grades --cell-timeout 120 --timeout 600
 
 What it does, per submission, without ever modifying it: copy it to a scratch folder, execute the
@@ -17,8 +17,11 @@ tampered and its checks score nothing). The checks that count are those the work
 
 Writes, in ``--out`` (default ``grades/``): ``labNN.csv`` (learner x check, score, status, first
 error), ``labNN.md`` (the same as a Markdown table) and ``executed/<learner>__labNN.ipynb`` (the run,
-for a closer look). A file that is not a notebook, a lab from another week, a notebook that never
-finishes or crashes, each gets its own row; the grader itself never stops on one submission.
+for a closer look). A file that is not a notebook, a lab from another week (when no ``--lab`` is
+given; with ``--lab`` such files are skipped and counted), a notebook that never finishes or crashes,
+each gets its own row; the grader itself never stops on one submission. The tables count learners
+and mark with ``[timed]`` the checks that time something on the grading machine (their verdict can
+depend on its load: re-run those submissions on a quiet machine before trusting a HINT there).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ class Check:
     cell_id: str
     label: str
     graded: bool
+    timed: bool = False
 
 
 @dataclass
@@ -89,6 +93,17 @@ def lab_files(lab: str) -> tuple[Path, Path]:
     return labs[0], solutions[0]
 
 
+def timed_checks(lab: str) -> set[str]:
+    """Names of ``lab``'s check functions marked ``timed`` (they time something on this machine)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"deploykit.checks.{lab}")
+    except ImportError:
+        return set()
+    return {name for name in dir(module) if name.startswith("check_") and getattr(getattr(module, name), "timed", False)}
+
+
 def expected_checks(lab: str) -> tuple[list[Check], dict[str, str]]:
     """The lab's checks, in order, and the handed-out source of every check cell (by cell id)."""
     import nbformat
@@ -101,6 +116,7 @@ def expected_checks(lab: str) -> tuple[list[Check], dict[str, str]]:
         if cell.cell_type == "code" and check_calls(cell.source):
             solution_results.setdefault(cell.source.strip(), result_lines(cell))
     checks, check_sources = [], {}
+    timed = timed_checks(lab)
     for cell in handed_out.cells:
         labels = check_calls(cell.source) if cell.cell_type == "code" else []
         if not labels:
@@ -109,7 +125,7 @@ def expected_checks(lab: str) -> tuple[list[Check], dict[str, str]]:
         outcomes = solution_results.get(cell.source.strip(), [])
         for index, label in enumerate(labels):
             graded = index < len(outcomes) and outcomes[index] == "PASS"
-            checks.append(Check(cell.get("id", ""), label, graded))
+            checks.append(Check(cell.get("id", ""), label, graded, label.split("(")[0] in timed))
     if not any(check.graded for check in checks):
         raise SystemExit(f"{lab}: no check cell of labs/ matches a passing check of solutions/: run `make labs` first")
     return checks, check_sources
@@ -124,6 +140,18 @@ def which_lab(nb) -> str | None:
             if match:
                 return match.group(1).lower()
     return None
+
+
+def lab_of_file(path: Path) -> str | None:
+    """The lab a submitted file holds: by its ``from deploykit.checks import labNN`` cell, else by its name."""
+    try:
+        lab = which_lab(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        lab = None
+    if lab is None:
+        match = LAB_NAME.search(path.stem)
+        lab = match.group(1).lower() if match else None
+    return lab
 
 
 def find_submissions(folder: Path) -> list[tuple[str, Path]]:
@@ -245,8 +273,10 @@ def write_tables(rows: list[Row], expected: dict, out: Path) -> list[Path]:
     written = []
     for lab in sorted({row.lab for row in rows}):
         lab_rows = [row for row in rows if row.lab == lab]
-        labels = [check.label for check in expected[lab][0] if check.graded] if lab in expected else []
-        header = ["learner", "file", "score", "status", *labels, "first error", "seconds"]
+        graded = [check for check in expected[lab][0] if check.graded] if lab in expected else []
+        labels = [check.label for check in graded]
+        titles = [f"{check.label} [timed]" if check.timed else check.label for check in graded]
+        header = ["learner", "file", "score", "status", *titles, "first error", "seconds"]
         table = [[row.learner, row.file, f"{row.score:.2f}", row.status, *(row.results.get(label, "") for label in labels),
                   row.first_error, f"{row.seconds:.1f}"] for row in lab_rows]
         csv_path = out / f"{lab}.csv"
@@ -256,8 +286,13 @@ def write_tables(rows: list[Row], expected: dict, out: Path) -> list[Path]:
             writer.writerows(table)
         md_path = out / f"{lab}.md"
         escape = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
-        lines = [f"# {lab}: {len(lab_rows)} submission(s)", "", "| " + " | ".join(header) + " |",
-                 "|" + "---|" * len(header)]
+        learners = len({row.learner for row in lab_rows})
+        lines = [f"# {lab}: {learners} learner(s), {len(lab_rows)} submission(s)", ""]
+        timed = [check.label for check in graded if check.timed]
+        if timed:
+            lines += [f"Checks marked [timed] time the model on the grading machine ({', '.join(timed)}): a HINT "
+                      "there may come from a busy machine; re-run that submission on a quiet one before trusting it.", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(escape(cell) for cell in line) + " |" for line in table]
         md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         written += [csv_path, md_path]
@@ -267,7 +302,7 @@ def write_tables(rows: list[Row], expected: dict, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("submissions", type=Path, nargs="?", help="folder of submitted lab notebooks")
-    parser.add_argument("--lab", help="grade only this lab (e.g. lab05); other labs get a 'wrong lab' row")
+    parser.add_argument("--lab", help="grade only this lab (e.g. lab05); files of other labs are skipped")
     parser.add_argument("--out", type=Path, default=ROOT / "grades", help="where the tables go (default grades/)")
     parser.add_argument("--cell-timeout", type=int, default=120, help="seconds one cell may run")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one whole notebook may run")
@@ -283,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     submissions = find_submissions(args.submissions)
     if not submissions:
         parser.error(f"no .ipynb files under {args.submissions}")
+    if lab_filter:
+        others = [(learner, path) for learner, path in submissions if lab_of_file(path) not in (None, lab_filter)]
+        submissions = [item for item in submissions if item not in others]
+        if others:
+            print(f"skipped {len(others)} file(s) of other labs (graded: {lab_filter})", flush=True)
+        if not submissions:
+            parser.error(f"no {lab_filter} submissions under {args.submissions}")
     if args.submissions.resolve() in {args.out.resolve(), *args.out.resolve().parents}:
         parser.error("--out must not be the submissions folder or inside it (the grader never writes there)")
     (args.out / "executed").mkdir(parents=True, exist_ok=True)
