@@ -22,7 +22,7 @@ The pages are built from a staged copy (build/site-src/), in which this tool:
   links to the home page, and remote images (the README's Binder badge) into text: a page loads
   nothing from another host.
 
-    python tools/build_site.py            # incremental: only changed pages are rebuilt
+    python tools/build_site.py            # incremental: only changed notebooks are read again
     python tools/build_site.py --clean    # from scratch
     python tools/build_site.py --repo me/fork --out /tmp/site
 
@@ -281,7 +281,10 @@ def build(root: Path = ROOT, out: Path = OUT, repo: str | None = None, branch: s
     started = time.monotonic()
     site, changed = stage(root, stage_dir, repo, branch)
     env = {**os.environ, "SITE_REPO": repo, "SITE_BRANCH": branch, "PYTHONHASHSEED": "0"}
-    command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-j", "auto", "-c", str(CONF_DIR),
+    # -a: write every page even when only one changed. Each page carries the whole navigation (the sidebar,
+    # "previous" and "next"), which Sphinx recomputes only for the pages it writes: without -a, a new lecture
+    # or a changed title would leave the other pages pointing around it. Reading stays incremental.
+    command = [sys.executable, "-m", "sphinx", "-b", "html", "-a", "-q", "-j", "auto", "-c", str(CONF_DIR),
                "-d", str(doctrees), str(stage_dir), str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     messages = (result.stdout + result.stderr).strip()

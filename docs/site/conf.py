@@ -43,6 +43,7 @@ html_theme = "sphinx_book_theme"
 html_title = "Model Deployment course"
 html_static_path = [str(HERE / "_static")]
 html_css_files = ["course.css"]
+html_favicon = str(HERE / "_static" / "favicon.svg")  # else every browser asks the server for /favicon.ico
 html_copy_source = False  # the notebooks themselves are copied beside their pages instead
 html_show_sourcelink = False
 html_last_updated_fmt = None
