@@ -2,7 +2,8 @@
 
 Wrong attempts: a translation that changes the math, a fixed-batch export, the exporter's own
 (unstable) logcumsumexp checked at a strong signal, a naive log(cumsum(exp)) rewrite, a rewrite
-passed as the reference, an intermediate tensor from the wrong layer, an incomplete record.
+passed as the reference, a global-maximum rewrite (underflow), an intermediate tensor from the wrong layer,
+from another probe, or copied from PyTorch (ONNX Runtime never run), an incomplete record.
 """
 from __future__ import annotations
 
@@ -138,9 +139,23 @@ def test_litert_stable_rewrite_passes(model, capsys):
     assert outcome(capsys).startswith("[PASS]")
 
 
-def test_litert_naive_rewrite_overflows_at_a_strong_signal(model, capsys):
+class GlobalMaxRadioNet(StableRadioNet):
+    def running_energy(self, h):   # one maximum over the whole recording: early steps underflow to log(0)
+        top = h.amax(dim=-1, keepdim=True)
+        return torch.log(torch.cumsum(torch.exp(h - top), dim=-1)) + top
+
+
+def test_litert_global_maximum_is_diagnosed_as_underflow(model, capsys):
+    """Issue 23: this learner subtracted a maximum and was told to subtract a maximum (overflow)."""
+    assert not lab09.check_litert(convert(copy_of(GlobalMaxRadioNet, model), "global_max"), model)
+    text = outcome(capsys)
+    assert "UNDERFLOWED" in text and "OVERFLOWS" not in text
+
+
+def test_litert_naive_rewrite_is_diagnosed_as_overflow(model, capsys):
     assert not lab09.check_litert(convert(copy_of(NaiveRadioNet, model), "naive"), model)
-    assert "overflows" in outcome(capsys)
+    text = outcome(capsys)
+    assert "OVERFLOWS" in text and "UNDERFLOWED" not in text
 
 
 def test_litert_rewrite_that_changes_the_math(model, capsys):
@@ -165,29 +180,72 @@ def hook_value(model, x, index):
     return captured["v"]
 
 
-def test_intermediate_right_layer_passes(model, capsys):
-    probe = radio_signals(8, seed=9)[0]
-    assert lab09.check_intermediate(model, probe, hook_value(model, probe, 1), hook_value(model, probe, 1))
-    assert outcome(capsys).startswith("[PASS]")
+def ort_value(path, probe):
+    """What a learner does: cut the stable model at the first ReLU, run the cut in ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    node = next(n for n in proto.graph.node if n.op_type == "Relu" and any(
+        p.key == "pkg.torch.onnx.name_scopes" and "'features.1'" in p.value for p in n.metadata_props))
+    cut = dk.artifact_path("test_lab09/to_first_relu.onnx")
+    onnx.utils.extract_model(str(path), str(cut), ["iq"], [node.output[0]])
+    return ort.InferenceSession(str(cut), providers=["CPUExecutionProvider"]).run(None, {"iq": probe})[0], cut
 
 
-def test_intermediate_wrong_layer(model, capsys):
+def test_intermediate_right_layer_passes(model, onnx_files, capsys):
     probe = radio_signals(8, seed=9)[0]
-    assert not lab09.check_intermediate(model, probe, hook_value(model, probe, 3), hook_value(model, probe, 1))
+    from_ort, cut = ort_value(onnx_files["stable"], probe)
+    assert lab09.check_intermediate(model, probe, from_ort, hook_value(model, probe, 1), onnx_files["stable"])
+    assert lab09.check_intermediate(model, probe, from_ort, hook_value(model, probe, 1), cut)
+    assert outcome(capsys).count("[PASS]") == 2
+
+
+def test_intermediate_wrong_layer(model, onnx_files, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    assert not lab09.check_intermediate(model, probe, hook_value(model, probe, 3), hook_value(model, probe, 1),
+                                        onnx_files["stable"])
     assert "output of features.3" in outcome(capsys)
 
 
-def test_intermediate_before_the_relu(model, capsys):
+def test_intermediate_before_the_relu(model, onnx_files, capsys):
     probe = radio_signals(8, seed=9)[0]
-    assert not lab09.check_intermediate(model, probe, hook_value(model, probe, 1), hook_value(model, probe, 0))
+    from_ort, _ = ort_value(onnx_files["stable"], probe)
+    assert not lab09.check_intermediate(model, probe, from_ort, hook_value(model, probe, 0), onnx_files["stable"])
     assert "output of features.0" in outcome(capsys)
 
 
-def test_intermediate_same_array_twice(model, capsys):
+def test_intermediate_same_array_twice(model, onnx_files, capsys):
     probe = radio_signals(8, seed=9)[0]
-    value = hook_value(model, probe, 1)
-    assert not lab09.check_intermediate(model, probe, value, value)
+    value, _ = ort_value(onnx_files["stable"], probe)
+    assert not lab09.check_intermediate(model, probe, value, value, onnx_files["stable"])
     assert "same object" in outcome(capsys)
+
+
+def test_intermediate_copied_from_pytorch_never_ran_onnx_runtime(model, onnx_files, capsys):
+    """Issue 23: `onnx_intermediate = torch_intermediate.copy()` used to pass."""
+    probe = radio_signals(8, seed=9)[0]
+    from_ort, _ = ort_value(onnx_files["stable"], probe)
+    torch_intermediate = hook_value(model, probe, 1)
+    assert not np.array_equal(from_ort, torch_intermediate)   # the telltale the check relies on, on this CPU
+    assert not lab09.check_intermediate(model, probe, torch_intermediate.copy(), torch_intermediate, onnx_files["stable"])
+    assert "copied from PyTorch" in outcome(capsys)
+
+
+def test_intermediate_without_the_onnx_file(model, onnx_files, capsys):
+    probe = radio_signals(8, seed=9)[0]
+    from_ort, _ = ort_value(onnx_files["stable"], probe)
+    assert not lab09.check_intermediate(model, probe, from_ort, hook_value(model, probe, 1))
+    assert "onnx_file=" in outcome(capsys)
+
+
+def test_intermediate_from_another_probe_is_a_hint_not_a_crash_of_the_check(model, onnx_files, capsys):
+    """Issue 23: tensors of another probe made the check itself raise IndexError, reported as the learner's."""
+    probe, other = radio_signals(8, seed=9)[0], radio_signals(8, seed=10)[0]
+    from_ort, _ = ort_value(onnx_files["stable"], other)
+    assert not lab09.check_intermediate(model, probe, from_ort, hook_value(model, other, 1), onnx_files["stable"])
+    text = outcome(capsys)
+    assert "same probe" in text and "raised" not in text
 
 
 # Exercise 5: the record --------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Every check compares with the learner's *original* ``RadioNet`` (``torch.hypot``,
 ``torch.logcumsumexp``), never with a rewritten copy: a fix that changes the math fails. The checks
 run their own inputs: several batch sizes, and signals at a receiver gain of 1 and of 100 (a real
-radio's input level varies; a rewrite that overflows ``exp`` shows up there).
+radio's input level varies; a rewrite that overflows or underflows ``exp`` shows up there). What a check
+computes itself (hooks, its own ONNX Runtime or LiteRT runs) is guarded, so a failure there is never
+reported as the learner's error.
 """
 from __future__ import annotations
 
@@ -101,6 +103,46 @@ def check_onnx(onnx_path, model, gains=(1.0,)) -> None:
                 "of a negative number is nan)")
 
 
+def _first_non_finite(path: Path, x: np.ndarray) -> tuple[str, float] | None:
+    """Run ``path`` on ``x`` with every intermediate tensor kept; the first operator (in execution order)
+    whose output holds inf or nan, as ``(OPERATOR, +inf / -inf / nan)``, or ``None`` if none does or the
+    file cannot be inspected. The check's own tool: a failure here is never the learner's."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from .._quiet import native_stderr_silenced
+
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        sub = model.Subgraphs(0)
+        import warnings
+
+        with native_stderr_silenced(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True,
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+        rows = [x[i:i + 1] for i in range(len(x))] if source["shape"][0] == 1 else [x]
+        for row in rows:                                     # a batch-1 file runs one recording at a time
+            with native_stderr_silenced():
+                interpreter.set_tensor(source["index"], row.astype(np.float32))
+                interpreter.invoke()
+            for i in range(sub.OperatorsLength()):           # operators are stored in execution order
+                op = sub.Operators(i)
+                code = model.OperatorCodes(op.OpcodeIndex())
+                for index in op.OutputsAsNumpy():
+                    value = interpreter.get_tensor(int(index))
+                    if value.dtype.kind == "f" and not np.isfinite(value).all():
+                        bad = value[~np.isfinite(value)]
+                        kind = float("nan") if np.isnan(bad).all() else float(bad[~np.isnan(bad)][0])
+                        return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "an operator"), kind
+    except Exception:  # noqa: BLE001 - the diagnosis is a bonus; without it the check still gives its hint
+        return None
+    return None
+
+
 @check("RadioNet in LiteRT, equal to the original PyTorch model")
 def check_litert(tflite_path, model) -> None:
     """A ``.tflite`` that loads, runs, and equals the *original* model at every input level."""
@@ -119,10 +161,22 @@ def check_litert(tflite_path, model) -> None:
         got, want = run_tflite(interpreter, x), _torch_logits(model, x)
         ok, diff = _closeness(got, want)
         if not ok and gain != GAINS[0]:
+            seen = "inf/nan" if not np.isfinite(got).all() else f"off by up to {diff:.3g}"
+            first = _first_non_finite(path, x)
+            if first is not None and first[1] < 0:
+                require(False, f"your LiteRT model matches at gain {GAINS[0]:g} but not for a strong signal (gain "
+                        f"{gain:g}: {seen}). Inside the file, the first non-finite tensor is -inf, made by {first[0]}: "
+                        "exp() UNDERFLOWED to 0 at some steps and log(0) = -inf. Subtracting one maximum over the whole "
+                        "recording makes the early steps, far below it, vanish; each step t needs the maximum of the "
+                        "values it sums (the steps s <= t), which is what torch.logsumexp over only those steps does")
+            if first is not None:
+                require(False, f"your LiteRT model matches at gain {GAINS[0]:g} but not for a strong signal (gain "
+                        f"{gain:g}: {seen}). Inside the file, the first non-finite tensor is {first[1]:g}, made by "
+                        f"{first[0]}: exp() of large values OVERFLOWS float32 (above about 88). Subtract a maximum "
+                        "before exp and add it back after log, as torch.logsumexp does")
             require(False, f"your LiteRT model matches at gain {GAINS[0]:g} but not for a strong signal (gain {gain:g}: "
-                    f"{'inf/nan' if not np.isfinite(got).all() else f'off by up to {diff:.3g}'}): exp() of large "
-                    "values overflows float32 (above about 88). Subtract a maximum before exp and add it back after "
-                    "log, as torch.logsumexp does")
+                    f"{seen}): look for an exp() whose input grows with the signal, and keep it in float32's range "
+                    "(subtract the maximum of the values each step sums, as torch.logsumexp does)")
         require(ok, f"LiteRT differs from the original model by up to {diff:.3g} at gain {gain:g}: your rewrite "
                 "must compute exactly what torch.hypot and torch.logcumsumexp compute (check the running sum "
                 "includes every step up to and including t)")
@@ -144,14 +198,41 @@ def _hooked(model, x: np.ndarray) -> dict[str, np.ndarray]:
     return values
 
 
+def _name_scopes(node) -> str:
+    return next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+
+
+def _onnx_runtime_intermediate(path: Path, probe: np.ndarray) -> np.ndarray | None:
+    """ONNX Runtime's own tensor after ``features.1`` for ``probe``, from the learner's file (the whole
+    model or a sub-model cut from it): the node the exporter recorded for ``features.1`` made a graph
+    output, the model run here. ``None`` if the file has no such node."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    node = next((n for n in proto.graph.node if n.op_type == "Relu" and "'features.1'" in _name_scopes(n)), None)
+    if node is None:
+        return None
+    name = node.output[0]
+    if name not in {o.name for o in proto.graph.output}:
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], {session.get_inputs()[0].name: probe})[0]
+
+
 @check("parity inside the graph, at the first ReLU")
-def check_intermediate(model, probe, onnx_intermediate, torch_intermediate) -> None:
-    """``onnx_intermediate``: the ONNX model's tensor after ``features.1`` on ``probe``; ``torch_intermediate``:
-    PyTorch's, from a forward hook. Both must be that layer's output, and equal."""
+def check_intermediate(model, probe, onnx_intermediate, torch_intermediate, onnx_file=None) -> None:
+    """``onnx_intermediate``: the ONNX model's tensor after ``features.1`` on ``probe``, from ONNX Runtime;
+    ``torch_intermediate``: PyTorch's, from a forward hook; ``onnx_file``: the ONNX file you ran (the whole
+    stable model, or the sub-model you cut from it). Both tensors must be that layer's output, and equal;
+    the check runs ``onnx_file`` in ONNX Runtime itself to see that ``onnx_intermediate`` came from there."""
     _require_original(model)
     probe = np.asarray(probe, dtype=np.float32)
     require(probe.ndim == 3 and probe.shape[1:] == (2, 64), f"probe should be recordings (N, 2, 64), got {probe.shape}")
-    values = _hooked(model, probe)
+    path = _existing(onnx_file, ".onnx", "Exercise 3 and your Exercise 4 cell") if onnx_file is not None else None
+    require(path is not None, "pass the ONNX file you ran as onnx_file= (stable_onnx_path, or the sub-model you "
+            "cut from it): the check runs it in ONNX Runtime itself")
+    values = _hooked(model, probe)   # the check's own forward pass: its failure is never the learner's
     want = values["features.1"]
     for name, got in (("torch_intermediate", torch_intermediate), ("onnx_intermediate", onnx_intermediate)):
         got = np.asarray(got)
@@ -159,12 +240,28 @@ def check_intermediate(model, probe, onnx_intermediate, torch_intermediate) -> N
                 f"{want.shape} (batch, 16 channels, 64 steps)")
         if not np.allclose(got, want, atol=ATOL):
             other = [layer for layer, value in values.items() if value.shape == got.shape and np.allclose(got, value, atol=ATOL)]
-            require(not other, f"{name} is the output of {other[0]} ({type(model.get_submodule(other[0])).__name__}), "
-                    "not of features.1, the ReLU after the first convolution")
+            if other:
+                require(False, f"{name} is the output of {other[0]} ({type(model.get_submodule(other[0])).__name__}), "
+                        "not of features.1, the ReLU after the first convolution")
             require(False, f"{name} does not match the output of features.1 on probe: compute it on the same probe "
-                    "recordings, in eval mode")
+                    "recordings you pass to the check, with the model in eval mode")
     require(not np.shares_memory(np.asarray(onnx_intermediate), np.asarray(torch_intermediate)),
             "the two arrays are the same object: take one from ONNX Runtime, one from the forward hook")
+    try:
+        from_ort = _onnx_runtime_intermediate(path, probe)
+    except Exception as error:  # noqa: BLE001 - the learner's file, not the learner's code, failed to run
+        require(False, f"ONNX Runtime cannot run {path.name} on probe ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:160]}): pass the .onnx file your onnx_intermediate came from")
+    require(from_ort is not None, f"{path.name} has no Relu node from features.1 (metadata_props, key "
+            "pkg.torch.onnx.name_scopes): pass the stable ONNX file of Exercise 3, or a sub-model cut from it")
+    mine = np.asarray(onnx_intermediate)
+    copied = any(np.array_equal(mine, ref) and not np.array_equal(from_ort, ref) for ref in (want, np.asarray(torch_intermediate)))
+    require(not copied, "onnx_intermediate is bit for bit PyTorch's tensor, and ONNX Runtime's is not (its kernels "
+            "round differently): it was copied from PyTorch, not computed by ONNX Runtime. Run your ONNX file "
+            "(or the sub-model ending at that node) in an InferenceSession on probe")
+    require(np.allclose(mine, from_ort, atol=1e-5, rtol=1e-5),
+            f"onnx_intermediate is not what ONNX Runtime returns for {path.name} on probe: take it from "
+            "session.run on that file")
 
 
 def _normalise(names) -> set[str]:
