@@ -227,7 +227,8 @@ def test_intermediate_copied_from_pytorch_never_ran_onnx_runtime(model, onnx_fil
     probe = radio_signals(8, seed=9)[0]
     from_ort, _ = ort_value(onnx_files["stable"], probe)
     torch_intermediate = hook_value(model, probe, 1)
-    assert not np.array_equal(from_ort, torch_intermediate)   # the telltale the check relies on, on this CPU
+    if np.array_equal(from_ort, torch_intermediate):  # the telltale: ONNX Runtime's kernels round differently
+        pytest.skip("ONNX Runtime is bit-identical to PyTorch on this CPU: a copy is indistinguishable (and true)")
     assert not lab09.check_intermediate(model, probe, torch_intermediate.copy(), torch_intermediate, onnx_files["stable"])
     assert "copied from PyTorch" in outcome(capsys)
 
