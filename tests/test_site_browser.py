@@ -143,7 +143,7 @@ def expected_outputs(rel: str) -> tuple[int, int, list[str]]:
     """From the committed notebook: (outputs, figures, level-2 headings)."""
     nb = json.loads((ROOT / rel).read_text(encoding="utf-8"))
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
-    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    figures = sum(any(m.startswith("image/") for m in o.get("data", {})) for o in outputs)
     headings = []
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
