@@ -155,7 +155,6 @@ BLANK_RUN_KNOWN: dict[str, str] = {
     "lab02_tracing_pitfalls": "check cells 16-19 call the learner's stubs directly (NotImplementedError)",
     "lab03_export_and_parity": "NameError 'reports', 'op_counts': bound only by the exercises",
     "lab04_fair_benchmark": "NameError 'results': bound only by the exercise",
-    "lab06_litert_convert": "NameError 'ort_logits', 'ort_result': bound only by the exercises",
     "lab09_fix_export_conversion": "NameError 'onnx_intermediate': bound only by the exercise",
 }
 

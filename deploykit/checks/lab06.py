@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check, require, require_fair_benchmark
+from . import check, require, require_fair_benchmark, require_result
 
 TEST_ROWS = 20  # test images a check runs through the learner's model or function
 
@@ -97,6 +97,8 @@ def check_litert_predict(litert_predict, tflite_path) -> None:
 
 @check("Exercise 3: ONNX Runtime and LiteRT compared on the same inputs")
 def check_parity(ort_logits, litert_logits) -> None:
+    require_result(ort_logits, "ort_logits", "Exercise 3")
+    require_result(litert_logits, "litert_logits", "Exercise 3")
     ort_y = _as_array(ort_logits, "ort_logits")
     lite_y = _as_array(litert_logits, "litert_logits")
     x = _test_x()
@@ -119,6 +121,8 @@ def check_parity(ort_logits, litert_logits) -> None:
 
 @check("Exercise 4: latency measured fairly (1 thread, batch 1, warm-up, repeats)")
 def check_latency(ort_result, litert_result, tflite_path=None) -> None:
+    require_result(ort_result, "ort_result", "Exercise 4")
+    require_result(litert_result, "litert_result", "Exercise 4")
     for name, result in (("ort_result", ort_result), ("litert_result", litert_result)):
         require_fair_benchmark(name, result, threads=1, batch=1, min_warmup=1, min_repeats=20)
     require(ort_result.label != litert_result.label or not ort_result.label,
