@@ -140,3 +140,16 @@ def test_a_line_the_given_code_also_has_is_not_a_leak(tmp_path):
     lab_path = labs / "lab98_shared.ipynb"
     lab_path.write_text(lab_path.read_text().replace("# YOUR CODE HERE", "z = secret_answer(x)"))
     assert any("leaks solution code" in p and "secret_answer" in p for p in make_labs.check(solutions, labs))
+
+
+def test_re_executing_a_solution_does_not_leave_its_lab_stale(course):
+    """The load stamp tools/execute_notebooks.py writes into a solution describes that run, not the lab."""
+    solutions, labs = course
+    assert make_labs.write(solutions, labs) == 0
+    path = solutions / "lab99_demo.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["deploykit"] = {"executed": {"others_busy_fraction": 0.01, "seconds": 3.0}}
+    nbformat.write(nb, path)
+    assert make_labs.check(solutions, labs) == []
+    assert make_labs.write(solutions, labs) == 0
+    assert "deploykit" not in nbformat.read(labs / "lab99_demo.ipynb", as_version=4).metadata

@@ -101,6 +101,12 @@ def make_lab(solution_path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
         lab.cells.append(cell)
     retarget(lab, f"labs/{solution_path.name}")
     lab.metadata.pop("widgets", None)
+    # The solution's load stamp (tools/execute_notebooks.py) describes a run of the solution, not the lab:
+    # keeping it would make every re-execution of a solution leave its lab stale.
+    stamp_owner = lab.metadata.get("deploykit", {})
+    stamp_owner.pop("executed", None)
+    if not stamp_owner:
+        lab.metadata.pop("deploykit", None)
     for i, cell in enumerate(lab.cells):
         cell["id"] = f"cell-{i:02d}"  # stable ids: regenerating gives the same bytes
     lab.metadata[META_KEY] = {"generated_from": rel, "cells_hash": cells_hash(lab)}
