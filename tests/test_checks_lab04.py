@@ -299,3 +299,15 @@ def test_plot_hint_for_a_figure_instead_of_axes(capsys):
     results = sweep_results()
     result, out = outcome(capsys, lab04.check_plot(draw(results).figure, results, [1, 2]))
     assert not result and "Axes" in out
+
+
+def test_blank_sweep_is_named_not_crashed(capsys):
+    """Section 3 left blank, the lab run top to bottom: the sweep and plot checks name it."""
+    import matplotlib.pyplot as plt
+
+    assert not lab04.check_sweep([], threads=(1, 2))
+    assert "section 3" in capsys.readouterr().out
+    fig, ax = plt.subplots()
+    assert not lab04.check_plot(ax, [], (1, 2))
+    assert "section 3" in capsys.readouterr().out
+    plt.close(fig)

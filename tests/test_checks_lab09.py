@@ -276,3 +276,11 @@ def test_rewrites_used_here_are_what_the_tests_say(model):
     with torch.inference_mode():
         assert torch.allclose(copy_of(StableRadioNet, model)(x * 100), model(x * 100), atol=1e-3, rtol=1e-4)
         assert not torch.isfinite(copy_of(NaiveRadioNet, model)(x * 100)).all()
+
+
+def test_intermediate_blank_exercise_names_it(model, onnx_files, capsys):
+    """Exercise 4 left blank and the lab run top to bottom (as the grader runs it): a hint, not a NameError."""
+    probe = radio_signals(8, seed=9)[0]
+    assert not lab09.check_intermediate(model, probe, None, None, onnx_file=onnx_files["stable"])
+    out = outcome(capsys)
+    assert out.startswith("[HINT]") and "Exercise 4" in out and "onnx_intermediate" in out

@@ -151,11 +151,7 @@ def _grader():
 #: issue 23's labs 05-08): expected failures until their given cells bind the checked names first. Remove
 #: a lab from here when it is fixed (an XPASS in the report says so).
 BLANK_RUN_KNOWN: dict[str, str] = {
-    "lab01_inspect_graph": "check cell 17 calls the learner's stub directly (NotImplementedError)",
     "lab02_tracing_pitfalls": "check cells 16-19 call the learner's stubs directly (NotImplementedError)",
-    "lab03_export_and_parity": "NameError 'reports', 'op_counts': bound only by the exercises",
-    "lab04_fair_benchmark": "NameError 'results': bound only by the exercise",
-    "lab09_fix_export_conversion": "NameError 'onnx_intermediate': bound only by the exercise",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check, require
+from . import check, require, require_result
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 REQUIRED_BATCHES = (1, 7, 64)
@@ -111,6 +111,7 @@ def check_validator(validate, path) -> None:
 def check_parity(reports: dict) -> None:
     from ..parity import ParityReport
 
+    require_result(reports, "reports", "section 3 (parity at several batch sizes)")
     require(isinstance(reports, dict), f"reports should be a dict {{batch size: ParityReport}}, got {type(reports).__name__}")
     missing = [b for b in REQUIRED_BATCHES if b not in reports]
     if missing == [b for b in REQUIRED_BATCHES if b != 1] and 1 in reports:
@@ -144,6 +145,7 @@ def graph_facts(path) -> dict:
 
 @check("read the graph programmatically")
 def check_graph_reading(path, op_counts: dict, initializer_sizes: dict, parameter_count: int) -> None:
+    require_result(op_counts, "op_counts", "section 4 (read the graph)")
     path = _path(path)
     facts = graph_facts(path)
     require(isinstance(op_counts, dict), f"op_counts should be a dict {{op_type: count}}, got {type(op_counts).__name__}")

@@ -16,7 +16,7 @@ from unittest import mock
 
 import numpy as np
 
-from . import check, require
+from . import check, require, require_result
 
 REQUIRED_STATS = ("median_ms", "p90_ms", "samples_ms")
 
@@ -223,6 +223,7 @@ def check_compare_runtimes(compare_runtimes) -> None:
 
 @check("sweep: every model at several batch sizes, each at every thread count")
 def check_sweep(results, threads) -> None:
+    require_result(results, "results", "section 3 (the sweep)")
     require(isinstance(results, list) and results, "results should be a non-empty list of dicts (one per measurement)")
     keys = ("model", "batch", "threads", "pytorch_ms", "ort_ms")
     for row in results:
@@ -316,6 +317,7 @@ def _fair_digits_ms(batch: int) -> tuple[float, float]:
 def check_plot(ax, results, threads) -> None:
     from matplotlib.axes import Axes
 
+    require_result(results, "results", "section 3 (the sweep)")
     require(isinstance(ax, Axes), f"pass the Axes you drew on (fig, ax = plt.subplots()), got {type(ax).__name__}")
     require(ax.get_xscale() == "log", "the batch sizes span 1 to 256: use a log scale on x (ax.set_xscale('log'))")
     require(ax.get_xlabel().strip() and ax.get_ylabel().strip(), "label both axes (what is on x, what is on y, in which unit)")

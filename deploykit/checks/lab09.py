@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check, require
+from . import check, require, require_result
 
 #: Receiver gains the checks feed: the training level and a strong signal.
 GAINS = (1.0, 100.0)
@@ -226,6 +226,8 @@ def check_intermediate(model, probe, onnx_intermediate, torch_intermediate, onnx
     ``torch_intermediate``: PyTorch's, from a forward hook; ``onnx_file``: the ONNX file you ran (the whole
     stable model, or the sub-model you cut from it). Both tensors must be that layer's output, and equal;
     the check runs ``onnx_file`` in ONNX Runtime itself to see that ``onnx_intermediate`` came from there."""
+    require_result(onnx_intermediate, "onnx_intermediate", "Exercise 4")
+    require_result(torch_intermediate, "torch_intermediate", "Exercise 4")
     _require_original(model)
     probe = np.asarray(probe, dtype=np.float32)
     require(probe.ndim == 3 and probe.shape[1:] == (2, 64), f"probe should be recordings (N, 2, 64), got {probe.shape}")
