@@ -52,18 +52,15 @@ from urllib.parse import quote, urljoin
 import nbformat
 import pytest
 
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, CJK, OFF_MACHINE, cjk_fonts
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 STAMP = ROOT / ".venv" / ".course-installed"
 FIXTURE = "tests/e2e/widget_plot_netron.ipynb"
 # The real lectures with these features (Netron: 04; widgets and figures: 01).
 LECTURES = ("notebooks/04_onnx_export_netron.ipynb", "notebooks/01_deployment_pipeline.ipynb")
 FEATURES = ("widget", "figure", "netron")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # JupyterLab user settings for the test profile: never write the notebook, no news pop-up.
 LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
@@ -73,7 +70,6 @@ SERVER_START_S = 120
 RUN_ALL_S = 90  # a normal Run All takes 10-20 s here
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 LAUNCH_ENV = dict(os.environ)  # snapshot at import: tests/test_browser_e2e.py is collected first
-OFF_MACHINE = re.compile(r"^(https?|wss?)://(?!(127\.0\.0\.1|localhost)[:/])")
 
 pytestmark = pytest.mark.browser
 
@@ -418,18 +414,6 @@ WIDGET_TEXT_JS = """(cell) => {
     return area.textContent.replace(/\\s+/g, ' ').trim();
 }"""
 CONTROLS = ".widget-dropdown select, .widget-checkbox input, .widget-slider .noUi-handle, .widget-toggle-button"
-
-
-CJK = re.compile(r"[\u3400-\u9fff]")
-
-
-def cjk_fonts() -> list[str] | None:
-    """The fonts with Chinese glyphs that Chromium can use here (fontconfig), None if fc-list is missing."""
-    try:
-        listed = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return sorted({line.strip() for line in listed.splitlines() if line.strip()})
 
 
 def check_widget(page, panel, shots: Path) -> str:

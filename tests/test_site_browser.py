@@ -24,7 +24,6 @@ import functools
 import http.server
 import json
 import re
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -32,17 +31,14 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from browser_support import CHROMIUM, CHROMIUM_FLAGS, CJK, OFF_MACHINE, cjk_fonts
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_site  # noqa: E402
 import course_index  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "site"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OFF_MACHINE = re.compile(r"^(https?|wss?)://(?!(127\.0\.0\.1|localhost)[:/])")
-CJK = re.compile(r"[\u3400-\u9fff]")
 SEARCH_TERM = "Netron"  # taught in lecture 04 (the test checks which lectures mention it)
 
 pytestmark = pytest.mark.browser
@@ -150,14 +146,6 @@ def expected_outputs(rel: str) -> tuple[int, int, list[str]]:
             text = re.sub(r"```.*?```", "", "".join(cell["source"]), flags=re.S)
             headings += re.findall(r"^##\s+(.+?)\s*$", text, re.M)
     return len(outputs), figures, headings
-
-
-def cjk_fonts() -> list[str] | None:
-    try:
-        listed = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return sorted({line.strip() for line in listed.splitlines() if line.strip()})
 
 
 SMART_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})

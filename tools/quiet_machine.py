@@ -27,38 +27,22 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deploykit.bench import QUIET_OTHERS_FRACTION, cpu_seconds, others_busy_fraction  # noqa: E402
+
 LOCK_PATH = Path(os.environ.get("COURSE_CPU_LOCK", "/tmp/course-cpu.lock"))
 HELD_VARIABLE = "COURSE_CPU_LOCK_HELD"  # set for child processes, so a nested job does not wait on itself
-QUIET_BUSY_FRACTION = 0.15  # at most this share of all CPUs busy before a job starts
-# At most this share of all CPUs used by OTHER processes during a timed job (the same bound as the start).
-# A quiet 2-core machine measures 0.002-0.02 here (kernel threads, daemons). At 0.23 (a browser test
-# running beside lecture 07) ResNet-18's int8 median moved from 24 to 38 ms with a p90 of 53 ms; lab 04
-# was once published at load 2.1 with 2 threads 100x slower than 1. Above it a timing is not a result.
-MAX_OTHERS_BUSY_FRACTION = 0.15
+QUIET_BUSY_FRACTION = QUIET_OTHERS_FRACTION  # at most this share of all CPUs busy before a job starts
+# At most this share of all CPUs used by OTHER processes during a timed job (deploykit.bench says why).
+MAX_OTHERS_BUSY_FRACTION = QUIET_OTHERS_FRACTION
 
 
 def busy_fraction(seconds: float = 1.0) -> float:
     """Share of all CPU time spent busy (not idle or iowait) over ``seconds``, from /proc/stat."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields), idle
-
-    total0, idle0 = sample()
+    before = cpu_seconds()
     time.sleep(seconds)
-    total1, idle1 = sample()
-    total = max(total1 - total0, 1)
-    return 1.0 - (idle1 - idle0) / total
-
-
-def _busy_and_total_seconds() -> tuple[float, float]:
-    """(busy CPU seconds, all CPU seconds) of the whole machine since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    # guest time is already counted in user time: only the first 8 fields add up to the total
-    total = sum(fields[:8])
-    tick = os.sysconf("SC_CLK_TCK")
-    return (total - idle) / tick, total / tick
+    after = cpu_seconds()
+    return others_busy_fraction(before, after, 0.0) if before and after else 0.0
 
 
 def _own_cpu_seconds() -> float:
@@ -106,14 +90,12 @@ class LoadMonitor:
         self._stop = None
         self._thread = None
 
-    def _others(self, before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
-        busy = after[0] - before[0]
-        total = after[1] - before[1]
-        own = after[2] - before[2]
-        return min(max((busy - own) / total, 0.0), 1.0) if total > 0 else 0.0
+    @staticmethod
+    def _others(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+        return others_busy_fraction(before[:2], after[:2], after[2] - before[2])
 
     def _sample(self) -> tuple[float, float, float]:
-        return (*_busy_and_total_seconds(), _own_cpu_seconds())
+        return (*cpu_seconds(), _own_cpu_seconds())
 
     def _watch(self) -> None:
         previous = self._sample()
@@ -127,7 +109,7 @@ class LoadMonitor:
 
         self.load_start = load_average()[0]
         self.started = time.perf_counter()
-        self.begin = self._sample() if Path("/proc/stat").exists() else None
+        self.begin = self._sample() if cpu_seconds() is not None else None
         if self.begin is not None:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -180,7 +162,7 @@ def wait_until_quiet(limit: float = QUIET_BUSY_FRACTION, timeout: float = 600.0,
     """Block until the CPUs have been below ``limit`` busy for ``quiet_seconds`` in a row.
 
     Returns the last busy fraction. Raises TimeoutError when the machine stays busy."""
-    if not Path("/proc/stat").exists():
+    if cpu_seconds() is None:
         return 0.0  # not Linux: nothing to measure
     deadline = time.monotonic() + timeout
     quiet_in_a_row, busy = 0, 1.0
