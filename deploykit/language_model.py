@@ -74,7 +74,7 @@ def held_out_text(live: bool = False) -> str:
     from this Python's ``pydoc_data`` (what ``tools/make_language_model.py`` writes).
     """
     if not live:
-        return (lm_path() / "held_out.txt").read_text(encoding="utf-8")
+        return _released_file("held_out.txt").read_text(encoding="utf-8")
     texts = _topics()
     return "".join(END_OF_TEXT + texts.get(name, "") for name in held_out_topics())
 
@@ -90,18 +90,31 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _restore_hint() -> str:
+    return f"`git checkout -- deploykit/assets/{LM_DIR.name}` restores it"
+
+
+def _released_file(name: str) -> Path:
+    """``LM_DIR / name`` after checking its released hash (only that file is read)."""
+    path = LM_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"the course's language model is missing {name} in deploykit/assets/{LM_DIR.name}/: "
+                                f"{_restore_hint()} (maintainers: `make reference-lm`)")
+    if file_sha256(path) != LM_SHA256[name]:
+        raise ValueError(f"deploykit/assets/{LM_DIR.name}/{name} is not the released file (SHA-256 differs): "
+                         f"{_restore_hint()}")
+    return path
+
+
 def lm_path(check: bool = True) -> Path:
     """The model folder, after checking that every shipped file is there with its released hash."""
     if check:
         missing = [name for name in LM_SHA256 if not (LM_DIR / name).exists()]
         if missing:
             raise FileNotFoundError(f"the course's language model is missing {', '.join(missing)} in "
-                                    f"deploykit/assets/{LM_DIR.name}/: `git checkout -- deploykit/assets/{LM_DIR.name}` "
-                                    "restores it (maintainers: `make reference-lm`)")
-        for name, digest in LM_SHA256.items():
-            if file_sha256(LM_DIR / name) != digest:
-                raise ValueError(f"deploykit/assets/{LM_DIR.name}/{name} is not the released file (SHA-256 differs): "
-                                 f"`git checkout -- deploykit/assets/{LM_DIR.name}` restores it")
+                                    f"deploykit/assets/{LM_DIR.name}/: {_restore_hint()} (maintainers: `make reference-lm`)")
+        for name in LM_SHA256:
+            _released_file(name)
     return LM_DIR
 
 
@@ -110,11 +123,12 @@ def weights_sha256() -> str:
     return LM_SHA256["model.safetensors"]
 
 
-def load_tokenizer():
-    """The model's tokenizer (``transformers.AutoTokenizer.from_pretrained`` on the local folder)."""
+def load_tokenizer(path: Path | None = None):
+    """The model's tokenizer (``transformers.AutoTokenizer.from_pretrained`` on the local folder;
+    ``path``: a folder :func:`lm_path` already checked)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(lm_path(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(path or lm_path(), local_files_only=True)
 
 
 def load_language_model():
@@ -126,7 +140,7 @@ def load_language_model():
     path = lm_path()
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
     model.eval()
-    return model, load_tokenizer()
+    return model, load_tokenizer(path)
 
 
 def perplexity(logits_fn, token_ids, window: int = 128) -> float:

@@ -56,6 +56,14 @@ def _events(path) -> list[dict]:
     return events
 
 
+KERNEL_SUFFIX = "_kernel_time"
+
+
+def is_operator_event(event) -> bool:
+    """True for a trace event that is one operator's execution (``<node>_kernel_time``), not a fence."""
+    return isinstance(event, dict) and event.get("cat") == "Node" and str(event.get("name", "")).endswith(KERNEL_SUFFIX)
+
+
 def ort_profile(path, *, skip_runs: int = 0, top: int = 5) -> OrtProfile:
     """Summarise an ONNX Runtime trace, ignoring the first ``skip_runs`` runs (the warm-up).
 
@@ -72,8 +80,7 @@ def ort_profile(path, *, skip_runs: int = 0, top: int = 5) -> OrtProfile:
     kept = runs[skip_runs:]
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in kept]
     start = windows[0][0]
-    nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-             and e.get("ts", -1) >= start
+    nodes = [e for e in events if is_operator_event(e) and e.get("ts", -1) >= start
              and any(lo <= e["ts"] <= hi for lo, hi in windows)]
     by_type: dict[str, list[float]] = defaultdict(list)
     by_node: dict[tuple[str, str], float] = defaultdict(float)
@@ -82,7 +89,7 @@ def ort_profile(path, *, skip_runs: int = 0, top: int = 5) -> OrtProfile:
         args = e.get("args", {})
         op = args.get("op_name", "?")
         by_type[op].append(float(e["dur"]))
-        by_node[e["name"].removesuffix("_kernel_time"), op] += float(e["dur"])
+        by_node[e["name"].removesuffix(KERNEL_SUFFIX), op] += float(e["dur"])
         if "provider" in args:
             providers.add(args["provider"])
     node_us = sum(sum(v) for v in by_type.values())

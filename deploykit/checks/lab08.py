@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..bench import BUSY, contention, time_scale
 from ..paths import artifact_path
+from ..profiling import KERNEL_SUFFIX, is_operator_event
 from . import CheckFailed, check, ready, require, require_fair_benchmark, require_result
 
 MIN_CONFIGS = 4
@@ -292,11 +293,7 @@ def _reference_nodes() -> frozenset:
         session = ort.InferenceSession(str(lab_model_onnx()), options, providers=["CPUExecutionProvider"])
         session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 128, 128), np.float32)})
         events = json.loads(Path(session.end_profiling()).read_text())
-    return frozenset(e["name"][:-len("_kernel_time")] for e in events if _is_node(e))
-
-
-def _is_node(event) -> bool:
-    return event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time")
+    return frozenset(e["name"][:-len(KERNEL_SUFFIX)] for e in events if is_operator_event(e))
 
 
 def _profiled_setting(trace_path) -> None:
@@ -307,7 +304,7 @@ def _profiled_setting(trace_path) -> None:
         events = json.loads(Path(trace_path).read_text())
     except (OSError, ValueError):
         raise CheckFailed("trace_path is not a readable ONNX Runtime trace: pass what end_profiling() returned") from None
-    nodes = [e for e in events if isinstance(e, dict) and _is_node(e)]
+    nodes = [e for e in events if is_operator_event(e)]
     require(nodes, "the trace has no operator events: run the session a few times before end_profiling()")
     types = {key for e in nodes for shape in e.get("args", {}).get("input_type_shape", []) or [] for key in shape}
     require("float16" not in types, "the trace shows float16 tensors: profile the float32 file (onnx_path), the one "
@@ -315,7 +312,7 @@ def _profiled_setting(trace_path) -> None:
     threaded = [e for e in nodes if isinstance(e.get("args", {}).get("thread_scheduling_stats"), dict)]
     require(not threaded, "the trace was recorded with more than one intra-op thread: profile on one thread "
             "(intra_op_num_threads=1), where each operator's time is its own work and not thread scheduling")
-    mine = {e["name"][:-len("_kernel_time")] for e in nodes}
+    mine = {e["name"][:-len(KERNEL_SUFFIX)] for e in nodes}
     require(mine == _reference_nodes(), "the trace's nodes are not those of the float32 model with all "
             "optimisations: set graph_optimization_level = ORT_ENABLE_ALL (fused nodes are the ones that run "
             "in the configurations you measured) and profile onnx_path")
