@@ -111,3 +111,24 @@ def test_agreement_rate(capsys):
 
     assert not lab02.check_agreement_rate(not_written)
     assert "not written yet" in capsys.readouterr().out
+
+
+def test_blank_exercises_name_the_exercise_to_finish(capsys):
+    """What a blank lab binds before each stub (the lab's placeholders) gets 'finish Exercise N', not a traceback."""
+    blank = {"A": None, "B": None, "C": None, "D": None, "E": None}
+    assert not lab02.check_predictions(blank)
+    assert "finish Exercise 1" in capsys.readouterr().out
+    assert not lab02.check_will_warn(dict(blank))
+    assert "finish Exercise 1" in capsys.readouterr().out
+    assert not lab02.check_predictions(None)
+    assert "finish Exercise 1" in capsys.readouterr().out
+    assert not lab02.check_counterexamples(dict())
+    assert "finish Exercise 2" in capsys.readouterr().out
+    for key in lab02.WRONG:
+        assert not lab02.check_fix(key, None)
+        out = capsys.readouterr().out
+        assert f"`fixed_{key.lower()}` is empty" in out and "finish Exercise 3" in out, out
+    # a partly answered Exercise 1 is judged, not sent back as blank
+    assert not lab02.check_predictions({**blank, "A": "if"})
+    out = capsys.readouterr().out
+    assert "not one of" in out and "finish Exercise 1" not in out

@@ -150,9 +150,7 @@ def _grader():
 #: Labs whose blank run still raises in a check cell (found by this test; their solutions are outside
 #: issue 23's labs 05-08): expected failures until their given cells bind the checked names first. Remove
 #: a lab from here when it is fixed (an XPASS in the report says so).
-BLANK_RUN_KNOWN: dict[str, str] = {
-    "lab02_tracing_pitfalls": "check cells 16-19 call the learner's stubs directly (NotImplementedError)",
-}
+BLANK_RUN_KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.measured

@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from .. import pitfalls as P
-from . import check, require
+from . import check, ready, require, require_result, unfinished
 
 MODELS = P.LAB02
 #: What the lab's given cells must never print (tests/test_lab_integrity.py): the answers of Exercise 1.
@@ -29,6 +29,9 @@ _KIND_HINTS = {
 
 @check("predict what goes wrong")
 def check_predictions(predictions: dict) -> None:
+    require_result(predictions, "predictions", "Exercise 1")
+    require(not isinstance(predictions, dict) or not all(unfinished(v) for v in predictions.values()),
+            "`predictions` is still all None: finish Exercise 1 (and run its cell) first")
     require(isinstance(predictions, dict), f"predictions should be a dict like {{'A': 'if', ...}}, got {type(predictions).__name__}")
     missing = sorted(set(MODELS) - set(predictions))
     require(not missing, f"predict every model; missing {missing}")
@@ -49,6 +52,9 @@ def check_predictions(predictions: dict) -> None:
 
 @check("predict which traces warn")
 def check_will_warn(will_warn: dict) -> None:
+    require_result(will_warn, "will_warn", "Exercise 1")
+    require(not isinstance(will_warn, dict) or not all(unfinished(v) for v in will_warn.values()),
+            "`will_warn` is still all None: finish Exercise 1 (and run its cell) first")
     require(isinstance(will_warn, dict), f"will_warn should be a dict like {{'A': True, ...}}, got {type(will_warn).__name__}")
     missing = sorted(set(MODELS) - set(will_warn))
     require(not missing, f"answer for every model; missing {missing}")
@@ -81,6 +87,7 @@ def _traced(key: str):
 
 @check("inputs that prove each trace wrong")
 def check_counterexamples(counterexamples: dict) -> None:
+    require_result(counterexamples, "counterexamples", "Exercise 2")
     require(isinstance(counterexamples, dict), f"counterexamples should be a dict like {{'A': tensor, ...}}, got {type(counterexamples).__name__}")
     for key in sorted(counterexamples):
         require(key in MODELS, f"unknown model {key!r}; expected some of {sorted(MODELS)}")
@@ -114,6 +121,7 @@ def _is_trace(candidate) -> bool:
 @check("fixed model agrees with eager on many inputs")
 def check_fix(key: str, candidate, trials: int = 200) -> None:
     require(key in MODELS, f"unknown model {key!r}; expected one of {sorted(MODELS)}")
+    require_result(candidate, f"fixed_{key.lower()}", f"Exercise 3 (model {key})")
     pitfall = MODELS[key]
     require(not isinstance(candidate, torch.export.ExportedProgram),
             "pass the runnable module: `exported.module()`, not the ExportedProgram itself")
@@ -176,5 +184,5 @@ def check_agreement_rate(agreement_rate) -> None:
                                     "different shapes must count as disagreeing")
 
 
-__all__ = ["MODELS", "WRONG", "check_agreement_rate", "check_counterexamples", "check_fix", "check_predictions",
+__all__ = ["MODELS", "WRONG", "ready", "check_agreement_rate", "check_counterexamples", "check_fix", "check_predictions",
            "check_will_warn"]
