@@ -80,6 +80,7 @@ NOTEBOOKS = (
     "solutions/lab05_quantise_to_budget.ipynb",
     "solutions/lab06_litert_convert.ipynb",
     "solutions/lab07_capstone_deployment_report.ipynb",
+    "solutions/lab10_language_model_budget.ipynb",
 )
 
 KERNEL_NAME = "deploykit-emulated"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..bench import BUSY, contention
+from ..bench import BUSY, contention, time_scale
 from . import CheckFailed, check, ready, require, require_fair_benchmark, require_result
 
 PROMPT = "The for statement"
@@ -247,11 +247,12 @@ def _leading_same(tokens, reference_tokens) -> int:
     return min(len(tokens), len(reference_tokens))
 
 
-def _run_generate(generate, prefill_path, decode_path, what):
-    """The learner's ``generate`` with the check's sessions, recorded; returns its tokens."""
+def _run_generate(generate, prefill_path, decode_path, what, threads: int = 1):
+    """The learner's ``generate`` with the check's sessions (``threads``: 0 for ONNX Runtime's default), recorded;
+    returns its tokens."""
     require(callable(generate), "generate should be your function generate(prompt, n_new, prefill, decode)")
     ref = reference()
-    prefill, decode = session(prefill_path), session(decode_path)
+    prefill, decode = session(prefill_path, threads), session(decode_path, threads)
     with recording() as seen:
         tokens = generate(ref.prompt_ids.copy(), N_NEW, prefill, decode)
     require(isinstance(tokens, (list, tuple)) or hasattr(tokens, "tolist"), "generate should return the new token ids "
@@ -425,6 +426,9 @@ def check_parity(generate, deployed, same_for, margin_at_divergence) -> None:
     ref = reference()
     same = _leading_same(tokens, ref.tokens)
     require(isinstance(same_for, int) and not isinstance(same_for, bool), f"same_for should be an int, got {same_for!r}")
+    if same_for != same:  # quantised kernels may split work differently at another thread count: try the default
+        other = _leading_same(_run_generate(generate, dprefill, ddecode, "generate", threads=0), ref.tokens)
+        same = other if same_for == other else same
     require(same_for == same, "same_for is not the number of leading tokens your deployed loop shares with PyTorch's "
             "generate in this run: count from the first token until the first difference")
     if same >= ref.decided:
@@ -523,7 +527,7 @@ def check_speed(decode_step, decode_result, deployed, prefill_path, decode_path)
                 f"here (round medians {low:.3f}-{high:.3f} ms): time decode_step itself with dk.benchmark in this run, "
                 "never type or copy a number")
     ratio = mine.median_ms / fp32.median_ms
-    if ratio > SPEED_LIMIT:
+    if ratio > SPEED_LIMIT * time_scale():   # an emulated CPU (make test-portable) times emulation, not kernels
         require(not busy, f"{BUSY}: the deployed step looks slow, but the machine looks busy ({busy}); run this "
                 "check again on a quiet machine")
         raise CheckFailed(f"one decode step of the deployed graph takes {ratio:.2f}x the float32 step here (budget: "
