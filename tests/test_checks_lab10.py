@@ -378,3 +378,38 @@ def test_speed_budget_is_not_judged_on_an_emulated_cpu(graphs, measured_here, mo
     monkeypatch.setenv("DEPLOYKIT_TIME_SCALE", "50")
     assert lab10.check_speed(right_step(graphs), fixed(2.6), *speed_args(graphs))
     assert outcome(capsys).startswith("[PASS]")
+
+
+# --- The same notebook gets the same grade twice (tools/grade.py runs each submission afresh)
+
+LAB10 = "lab10_language_model_budget"
+
+
+@pytest.mark.measured
+def test_lab10_sample_submissions_get_the_same_grades_twice(tmp_path, graphs):
+    import csv
+
+    import nbformat
+    from test_grade import ROOT, filled_lab, load_grader
+
+    grader = load_grader()
+    handed_out = nbformat.read(ROOT / "labs" / f"{LAB10}.ipynb", as_version=4)
+    stubs = [i for i, cell in enumerate(handed_out.cells) if cell.cell_type == "code" and "# YOUR CODE HERE" in cell.source]
+    incomplete = filled_lab(LAB10)   # Exercises 4 to 6 left blank
+    for index in stubs[3:]:
+        incomplete.cells[index].source = handed_out.cells[index].source
+    folder = tmp_path / "submissions"
+    for learner, nb in {"ada": filled_lab(LAB10), "ben": incomplete, "cat": handed_out}.items():
+        (folder / learner).mkdir(parents=True)
+        nbformat.write(nb, folder / learner / f"{LAB10}.ipynb")
+
+    def table(out):
+        assert grader.main([str(folder), "--lab", "lab10", "--out", str(out), "--cell-timeout", "300",
+                            "--timeout", "900"]) == 0
+        with (out / "lab10.csv").open(encoding="utf-8") as handle:
+            return [{key: value for key, value in row.items() if key != "seconds"} for row in csv.DictReader(handle)]
+
+    first, second = table(tmp_path / "first"), table(tmp_path / "second")
+    assert first == second
+    scores = {row["learner"]: row["score"] for row in first}
+    assert scores["ada"] == "1.00" and scores["ben"] == "0.50" and scores["cat"] == "0.00", first
