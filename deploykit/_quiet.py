@@ -5,6 +5,7 @@ who wants the chatter back can set the variable before importing deploykit.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -34,6 +35,44 @@ for _name, _level in {
     "absl": logging.ERROR,
 }.items():
     logging.getLogger(_name).setLevel(_level)
+
+# LiteRT's own C++ logger (``INFO: [accelerator_registry.cc:43] DestroyAccelerator: ...``) has no switch in
+# ai-edge-litert 2.3: it ignores TF_CPP_MIN_LOG_LEVEL / GLOG_minloglevel, reads no environment variable for its
+# level, and its LiteRtSetMinLoggerSeverity is not exported to Python. A CompiledModel that has run sets up a
+# process-wide environment that is destroyed only after Python has finished (C++ static destructors), so its
+# INFO lines land on the process's stderr at exit, where no `with` block can reach. At exit, stderr is passed
+# through a filter that drops exactly those INFO lines (their ``[file.cc:line]`` form); warnings and errors
+# still pass. DEPLOYKIT_KEEP_LITERT_EXIT_LOG=1 keeps them.
+LITERT_INFO_LINE = r"^INFO: \[[A-Za-z0-9_]+\.cc:[0-9]+\] "
+
+
+def _drop_litert_info_at_exit() -> None:
+    """atexit: if LiteRT's CompiledModel was used, route file descriptor 2 through ``grep -v`` for the rest of
+    the process's life (the filter exits when the process closes its stderr)."""
+    if os.environ.get("DEPLOYKIT_KEEP_LITERT_EXIT_LOG") == "1" or "ai_edge_litert.compiled_model" not in sys.modules:
+        return
+    import shutil
+    import subprocess
+
+    grep = shutil.which("grep")
+    if grep is None:   # no filter on this system: the lines stay
+        return
+    try:
+        sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        original = os.dup(2)
+        subprocess.Popen([grep, "-v", "-E", LITERT_INFO_LINE], stdin=read_end, stdout=original,
+                         stderr=subprocess.DEVNULL, close_fds=True)
+        os.close(read_end)
+        os.close(original)
+        _flush_c_streams()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except (OSError, ValueError):   # stderr already closed, or no processes left to start: leave stderr as it is
+        pass
+
+
+atexit.register(_drop_litert_info_at_exit)
 
 # Deprecations the course teaches on purpose are shown in the lecture that teaches them
 # (with warnings.catch_warnings); elsewhere they would repeat in every notebook.
