@@ -90,3 +90,28 @@ def test_ci_runs_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: install\n\t\$\(BIN\)/python -m pytest --nbval$", makefile, re.M)
     assert "--nbval-lax" not in makefile + ci + (ROOT / "pyproject.toml").read_text()
+
+
+def test_wheel_ships_the_assets_without_setuptools_warnings(tmp_path):
+    """pyproject's packaging: deploykit/assets and assets/pydoc_lm (data folders, no __init__.py) are packages
+    setuptools finds, so their package-data ships with no 'absent from the packages configuration' warning."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "deploykit", source / "deploykit", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), "-v"], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    log = built.stdout + built.stderr
+    assert "absent from the `packages` configuration" not in log, log[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("deploykit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {path.relative_to(ROOT).as_posix() for path in (ROOT / "deploykit" / "assets").rglob("*") if path.is_file()}
+    assert shipped and shipped <= names, sorted(shipped - names)
+    assert "deploykit/checks/__init__.py" in names and not any("__pycache__" in name for name in names)
