@@ -395,11 +395,26 @@ def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, w
     return results
 
 
+def _return_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's ``malloc_trim``), so
+    that memory this process freed (say, after a conversion) does not add to its child's while it runs."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
 def measure_in_subprocess(spec: dict, prompt_ids, *, timeout: float = 300, **kwargs) -> dict:
     """:func:`measure` in a fresh Python (``python -m deploykit.lm_runtimes``), so ``peak_rss_mb`` is
     this runtime's process alone: interpreter, its libraries, the model and the run."""
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
         raise ValueError(f"measure_in_subprocess expected a spec with a kind in {KINDS}, got {spec!r}")
+    _return_freed_memory()
     request = json.dumps({"spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.items()},
                           "prompt_ids": _check_prompt(prompt_ids), "kwargs": kwargs})
     done = subprocess.run([sys.executable, "-m", "deploykit.lm_runtimes"], input=request, capture_output=True,

@@ -127,6 +127,7 @@ def test_make_runner_rejects_bad_thread_counts(threads):
     ({"kind": "ort", "prefill": "/nonexistent/p.onnx", "decode": "/nonexistent/d.onnx"}, "prefill graph"),
     ({"kind": "genai", "model_dir": "/nonexistent/genai"}, "ONNX Runtime GenAI model folder"),
     ({"kind": "executorch", "pte": "/nonexistent/m.pte"}, r"ExecuTorch program \(.pte\)"),
+    ({"kind": "litert", "model": "/nonexistent/model.tflite"}, r"LiteRT model \(.tflite\)"),
 ])
 def test_a_missing_conversion_says_to_run_the_conversion_cell(spec, what):
     with pytest.raises(FileNotFoundError, match=f"{what} not found .*run the notebook's conversion cell"):

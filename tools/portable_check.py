@@ -77,6 +77,7 @@ NOTEBOOKS = (
     "notebooks/08_litert_conversion.ipynb",
     "notebooks/09_ort_vs_litert.ipynb",
     "notebooks/13_transformer_onnx_runtime.ipynb",
+    "notebooks/14_llm_runtimes_on_device.ipynb",
     "solutions/lab05_quantise_to_budget.ipynb",
     "solutions/lab06_litert_convert.ipynb",
     "solutions/lab07_capstone_deployment_report.ipynb",
