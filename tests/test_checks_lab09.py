@@ -3,7 +3,9 @@
 Wrong attempts: a translation that changes the math, a fixed-batch export, the exporter's own
 (unstable) logcumsumexp checked at a strong signal, a naive log(cumsum(exp)) rewrite, a rewrite
 passed as the reference, a global-maximum rewrite (underflow), an intermediate tensor from the wrong layer,
-from another probe, or copied from PyTorch (ONNX Runtime never run), an incomplete record.
+from another probe, or copied from PyTorch (ONNX Runtime never run), an incomplete record; hypot_onnx written
+naively (inf at 3e20), guarding only overflow (0 for tiny values), without Abs, dividing 0 by 0, returning
+float64, of one input, reduced to a scalar.
 """
 from __future__ import annotations
 
@@ -284,3 +286,93 @@ def test_intermediate_blank_exercise_names_it(model, onnx_files, capsys):
     assert not lab09.check_intermediate(model, probe, None, None, onnx_file=onnx_files["stable"])
     out = outcome(capsys)
     assert out.startswith("[HINT]") and "Exercise 4" in out and "onnx_intermediate" in out
+
+
+# check_hypot: the learner's ONNX Script hypot_onnx run eagerly against torch.hypot (Exercise 1).
+
+def _right_hypot(self, other):
+    a, b = op.Abs(self), op.Abs(other)
+    big, small = op.Max(a, b), op.Min(a, b)
+    ratio = op.Div(small, big)
+    ratio = op.Where(op.IsNaN(ratio), small, ratio)
+    return op.Mul(big, op.Sqrt(op.Add(op.Mul(ratio, ratio), [1.0])))
+
+
+def _naive_hypot(self, other):
+    return op.Sqrt(op.Add(op.Mul(self, self), op.Mul(other, other)))
+
+
+def _hypot_without_abs(self, other):
+    big, small = op.Max(self, other), op.Min(self, other)
+    ratio = op.Div(small, big)
+    ratio = op.Where(op.IsNaN(ratio), small, ratio)
+    return op.Mul(big, op.Sqrt(op.Add(op.Mul(ratio, ratio), [1.0])))
+
+
+def _hypot_dividing_by_zero(self, other):
+    a, b = op.Abs(self), op.Abs(other)
+    big, small = op.Max(a, b), op.Min(a, b)
+    ratio = op.Div(small, big)
+    return op.Mul(big, op.Sqrt(op.Add(op.Mul(ratio, ratio), [1.0])))
+
+
+def _hypot_as_float64(self, other):
+    return op.Cast(_right_hypot(self, other), to=11)   # TensorProto.DOUBLE
+
+
+def _hypot_guarding_only_overflow(self, other):
+    """Scaled where the larger magnitude is huge, naive elsewhere: tiny values' squares still underflow to 0."""
+    big = op.Max(op.Abs(self), op.Abs(other))
+    return op.Where(op.Greater(big, [1e18]), _right_hypot(self, other), _naive_hypot(self, other))
+
+
+def _hypot_of_one_input(self, other):
+    return op.Abs(self)
+
+
+def _hypot_summed(self, other):
+    return op.ReduceSum(_right_hypot(self, other), keepdims=0)
+
+
+def test_hypot_right_passes(capsys):
+    assert lab09.check_hypot(_right_hypot)
+    assert "[PASS]" in outcome(capsys)
+
+
+@pytest.mark.parametrize("attempt, words", [
+    (_naive_hypot, ["you return inf", "divides the smaller magnitude by the larger"]),
+    (_hypot_guarding_only_overflow, ["you return 0", "rounds to 0", "larger magnitude"]),
+    (_hypot_without_abs, ["you return -5", "op.Abs"]),
+    (_hypot_dividing_by_zero, ["(0, 0)", "nan", "0 / 0"]),
+    (_hypot_as_float64, ["float64", "float32"]),
+    (_hypot_of_one_input, ["torch.hypot gives a different value", "both inputs"]),
+    (_hypot_summed, ["shape", "elementwise"]),
+    (lambda self, other: 5.0, ["a tensor", "float"]),
+    (None, ["finish Exercise 1"]),
+    ("hypot", ["should be a function"]),
+])
+def test_hypot_wrong_attempts_get_a_hint(attempt, words, capsys):
+    assert not lab09.check_hypot(attempt)
+    out = outcome(capsys)
+    assert out.startswith("[HINT]"), out
+    for word in words:
+        assert word in out, (word, out)
+    assert "Where(op.IsNaN" not in out and "op.Sqrt(op.Add" not in out   # the method, never the code
+
+
+def test_hypot_not_written_yet(capsys):
+    def stub(self, other):
+        raise NotImplementedError
+
+    assert not lab09.check_hypot(stub)
+    assert "not written yet" in outcome(capsys)
+
+
+def test_hypot_cases_cover_what_the_naive_form_gets_wrong():
+    """The large and tiny cases are where sqrt(a*a + b*b) leaves float32; ordinary values where it does not."""
+    for kind, expect_finite_nonzero in (("large", False), ("tiny", False), ("ordinary", True)):
+        a, b = (np.array(v, dtype=np.float32) for v in lab09.HYPOT_CASES[kind])
+        with np.errstate(over="ignore", under="ignore"):
+            naive = np.sqrt(a * a + b * b)
+        want = torch.hypot(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        assert np.isclose(naive, want, rtol=4e-6, atol=0).all() == expect_finite_nonzero, kind

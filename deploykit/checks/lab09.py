@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import check, require, require_result
+from . import check, ready, require, require_result
 
 #: Receiver gains the checks feed: the training level and a strong signal.
 GAINS = (1.0, 100.0)
@@ -182,6 +182,66 @@ def check_litert(tflite_path, model) -> None:
                 "includes every step up to and including t)")
 
 
+#: (a, b) pairs check_hypot feeds, by what they test: ordinary values, both signs, a zero, both zero, squares
+#: beyond float32's range (a*a overflows above ~1.8e19) and below it (a*a underflows to 0 below ~1e-19, still
+#: normal floats: no subnormal, whose handling some CPUs flush).
+HYPOT_CASES = {
+    "ordinary": ([3.0, 0.5, 12.0, 1.0], [4.0, 1.2, 5.0, 1.0]),
+    "negative": ([-3.0, 3.0, -3.0, -7.0], [4.0, -4.0, -4.0, 0.0]),
+    "one zero": ([0.0, 5.0, 0.0], [5.0, 0.0, -2.5]),
+    "both zero": ([0.0], [0.0]),
+    "large": ([3e20, -3e20, 1e30, 2e37], [4e20, 4e20, 1.0, 2e37]),
+    "tiny": ([3e-25, -3e-25, 1e-30], [4e-25, 4e-25, 0.0]),
+}
+
+
+def _hypot_result(hypot_onnx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    result = hypot_onnx(a, b)
+    value = getattr(result, "value", result)     # an ONNX Script function run eagerly returns a Tensor (.value)
+    require(isinstance(value, np.ndarray), "hypot_onnx should return what its last op.* call returns (a tensor), "
+            f"got {type(result).__name__}")
+    require(value.dtype == np.float32, f"hypot_onnx returns {value.dtype} for float32 inputs: keep the result float32 "
+            "like its inputs (the next node of the exported graph expects float32; a Cast or a float64 constant "
+            "changes the type)")
+    require(value.shape == a.shape, f"hypot_onnx returns shape {value.shape} for inputs of shape {a.shape}: "
+            "hypot is elementwise, one result per (a, b) pair (no reduction over the values)")
+    return value
+
+
+@check("hypot_onnx computes torch.hypot, safely for any magnitude")
+def check_hypot(hypot_onnx) -> None:
+    """Run the learner's ONNX Script ``hypot_onnx`` eagerly on float32 arrays (``HYPOT_CASES``) and compare with
+    ``torch.hypot``: equal within a few float32 steps, inf/0 only where torch.hypot gives them."""
+    import torch
+
+    require_result(hypot_onnx, "hypot_onnx", "Exercise 1")
+    require(callable(hypot_onnx), f"hypot_onnx should be a function of (self, other), got {type(hypot_onnx).__name__}")
+    for kind, (a_list, b_list) in HYPOT_CASES.items():
+        a, b = np.array(a_list, dtype=np.float32), np.array(b_list, dtype=np.float32)
+        want = torch.hypot(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        got = _hypot_result(hypot_onnx, a, b)
+        for i in range(len(a)):
+            at = f"at (a, b) = ({a[i]:.3g}, {b[i]:.3g}) you return {got[i]:.3g}"
+            if np.isclose(got[i], want[i], rtol=4e-6, atol=0):
+                continue
+            if np.isnan(got[i]) and a[i] == 0 and b[i] == 0:
+                require(False, f"{at}: dividing by the larger magnitude is 0 / 0 there. Decide what the ratio is "
+                        "when both inputs are 0 (op.Where on a condition) instead of dividing blindly")
+            if kind == "negative" or (np.isfinite(got[i]) and got[i] < 0):
+                require(False, f"{at}: hypot is a length, never negative, and the same for (-a, b), (a, -b), "
+                        "(-a, -b). Take the magnitudes (op.Abs) of both inputs before comparing or dividing them")
+            if kind == "large" and np.isinf(got[i]):
+                require(False, f"{at}: a square of a value this large does not fit in float32 (max ~3.4e38). "
+                        "torch.hypot never squares the inputs themselves: it divides the smaller magnitude by "
+                        "the larger one, squares that ratio (at most 1), and multiplies back")
+            if kind == "tiny" and got[i] == 0:
+                require(False, f"{at}: a square of a value this small rounds to 0 in float32 (underflow). Scaling "
+                        "by the larger magnitude before squaring (a ratio at most 1) avoids tiny squares too")
+            require(False, f"{at}, torch.hypot gives a different value ({kind} inputs): hypot(a, b) is the length "
+                    "sqrt(a² + b²) of both inputs; compute it from a ratio of the two magnitudes so that nothing "
+                    "squared leaves float32's range")
+
+
 def _hooked(model, x: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
@@ -292,4 +352,5 @@ def check_breakages(breakages: dict) -> None:
                 "(an operator that exports but returns inf for a strong signal)")
 
 
-__all__ = ["BREAKS_LITERT", "BREAKS_ONNX", "GAINS", "check_breakages", "check_intermediate", "check_litert", "check_onnx"]
+__all__ = ["BREAKS_LITERT", "BREAKS_ONNX", "GAINS", "HYPOT_CASES", "check_breakages", "check_hypot", "check_intermediate",
+           "check_litert", "check_onnx", "ready"]
