@@ -1,8 +1,9 @@
 """The course's language model in LiteRT: a cached export folder and a greedy loop over signature runners.
 
-Lecture 14 shows the export call itself (``litert_torch.generative.export_hf``: a local Hugging Face
-folder in, a ``.tflite`` with ``prefill_<N>`` and ``decode`` signatures and a ``.litertlm`` bundle
-out). This module only keeps what is not the lesson:
+Lecture 14 shows the conversion itself: ``litert_torch.signature(...).signature(...).convert()`` over
+the prefill and decode wrappers of ``litert_torch.generative.export_hf.core`` (or, where TensorFlow is
+installed, ``export_hf.export`` on the local Hugging Face folder): a ``.tflite`` with ``prefill_<N>``
+and ``decode`` signatures. This module only keeps what is not the lesson:
 
 * :func:`export_once`: run the notebook's export function once into ``artifacts/lm/<name>_<hash>/``
   (a ``.partial`` folder renamed when complete, as lecture 13's ``export_once`` does for ``.onnx``),
