@@ -59,7 +59,8 @@ def test_packages_the_course_imports_directly_are_pinned():
     pins = requirements_pins()
     imported = {"ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert": "ai-edge-litert",
                 "litert_torch": "litert-torch", "openvino": "openvino", "pnnx": "pnnx", "ncnn": "ncnn", "MNN": "mnn",
-                "onnxruntime_genai": "onnxruntime-genai", "litert_lm": "litert-lm-api"}
+                "onnxruntime_genai": "onnxruntime-genai", "litert_lm": "litert-lm-api",
+                "litert_lm_builder": "litert-lm-builder"}
     sources = "\n".join(p.read_text() for p in (ROOT / "deploykit").rglob("*.py"))
     sources += "\n".join(p.read_text() for p in (ROOT / "notebooks").glob("*.ipynb"))
     for module, package in imported.items():
