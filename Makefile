@@ -47,7 +47,7 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 install: $(STAMP)
 
 lab: install
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=. notebooks/00_setup_check.ipynb $(ROOT_FLAG) $(LAB_ARGS)
+	ORT_DISABLE_TELEMETRY=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) --ServerApp.root_dir=. notebooks/00_setup_check.ipynb $(ROOT_FLAG) $(LAB_ARGS)
 
 test: install
 	$(BIN)/python -m pytest --nbval

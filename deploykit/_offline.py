@@ -4,7 +4,8 @@
   starts), any Python socket connection to an address other than loopback raises at once, naming the
   address. Local servers (Netron, Jupyter) are unaffected.
 * Always: OpenVINO's usage statistics are declined before openvino can be imported (see
-  ``opt_out_of_openvino_telemetry``).
+  ``opt_out_of_openvino_telemetry``), and ONNX Runtime's telemetry store is switched off
+  (``ORT_DISABLE_TELEMETRY=1``, unless the user set it) before onnxruntime can be imported.
 """
 from __future__ import annotations
 
@@ -97,3 +98,12 @@ def opt_out_of_openvino_telemetry() -> bool:
 
 
 OPENVINO_TELEMETRY_DECLINED = opt_out_of_openvino_telemetry()
+
+
+# ONNX Runtime's telemetry. onnxruntime 1.31 (and onnxruntime-genai) write a device id and an event store
+# at import and per session (~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid, onnxruntime.db) on
+# Linux too; ORT_DISABLE_TELEMETRY=1, read when onnxruntime loads, writes neither (tests/test_privacy.py).
+# Set here, before any course code imports onnxruntime; `make lab` exports it too, for a notebook that
+# imports onnxruntime before deploykit. A value the user set is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+ORT_TELEMETRY_DISABLED = os.environ["ORT_DISABLE_TELEMETRY"] == "1"

@@ -118,3 +118,37 @@ def test_mnn_tools_still_phones_home_at_import():
     assert "mnnconvert" in (folder / "__init__.py").read_text()
     log = (folder / "utils" / "log.py").read_text()
     assert "mnn_logger = MNNLogger()" in log and "urlopen" in log  # _activate() runs in __init__
+
+
+_ORT_SESSION = ("import numpy as np, onnxruntime as ort\n"
+                "from onnx import TensorProto, helper\n"
+                "graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g',\n"
+                "    [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],\n"
+                "    [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])\n"
+                "model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid('', 18)])\n"
+                "ort.InferenceSession(model.SerializeToString()).run(None, {'x': np.ones(1, np.float32)})\n")
+
+
+def _ort_files(tmp_path, code):
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "CI")}
+    env.update(HOME=str(tmp_path), DEPLOYKIT_BLOCK_NETWORK="1")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_without_the_course_onnxruntime_writes_its_telemetry_store(tmp_path):
+    """The control: onnxruntime alone writes a device id and an event database under ~/.cache."""
+    files = _ort_files(tmp_path, _ORT_SESSION)
+    assert any(f.endswith("onnxruntime.db") for f in files) and any(f.endswith("deviceid") for f in files), files
+
+
+def test_import_deploykit_first_keeps_onnxruntime_telemetry_off(tmp_path):
+    files = _ort_files(tmp_path, "import deploykit\n" + _ORT_SESSION)
+    assert not any(".onnxruntime" in f for f in files), files
+
+
+def test_make_lab_starts_jupyter_with_onnxruntime_telemetry_off():
+    makefile = (REPO / "Makefile").read_text()
+    lab_recipe = makefile.split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    assert "ORT_DISABLE_TELEMETRY=1" in lab_recipe
