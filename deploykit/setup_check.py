@@ -14,7 +14,7 @@ from .paths import repo_root
 IMPORT_NAMES = {
     "scikit-learn": "sklearn", "pillow": "PIL", "pyyaml": "yaml", "litert-torch": "litert_torch",
     "ai-edge-litert": "ai_edge_litert.interpreter", "jupyter-server-proxy": "jupyter_server_proxy",
-    "mnn": "MNN",
+    "mnn": "MNN", "litert-lm-api": "litert_lm",
 }
 # Imported only to show they install; the kernel does not need them at run time.
 NOT_IMPORTED = {"jupyterlab", "playwright", "pytest", "nbval"}

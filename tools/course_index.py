@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- course-index:start -->", "<!-- course-index:end -->"
 HEADER = ["#", "topic", "lecture", "lab", "solution"]
 # lab number -> the lecture it comes after (SYLLABUS.md: "after notebook").
-LAB_AFTER_LECTURE = {"01": "02", "02": "03", "03": "04", "04": "06", "05": "07", "06": "08", "07": "09", "08": "10", "09": "11"}
+LAB_AFTER_LECTURE = {"01": "02", "02": "03", "03": "04", "04": "06", "05": "07", "06": "08", "07": "09", "08": "10", "09": "11", "10": "13"}
 LECTURE_NAME = re.compile(r"^(\d\d)_\w+\.ipynb$")
 LAB_NAME = re.compile(r"^lab(\d\d)_\w+\.ipynb$")
 HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
