@@ -14,13 +14,13 @@ The conversions themselves (ONNX Runtime GenAI's model builder, ``torch.export``
 
 ONNX Runtime and ONNX Runtime GenAI record usage events in an offline store on disk
 (``~/.cache/Microsoft/DeveloperTools/.onnxruntime/*.db``, Microsoft's 1DS telemetry SDK) unless
-``ORT_DISABLE_TELEMETRY=1`` is set before ``onnxruntime`` is imported: importing this module sets it
-(unless the user chose otherwise), and every measuring subprocess inherits it.
+``ORT_DISABLE_TELEMETRY=1`` is set before ``onnxruntime`` is imported: ``import deploykit`` (which importing
+this module runs first) sets it unless the user chose otherwise (``deploykit._offline``), and every
+measuring subprocess inherits it.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import shutil
@@ -30,8 +30,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime / onnxruntime_genai load
 
 #: The runners :func:`make_runner` knows, by the ``kind`` a spec names.
 KINDS = ("torch", "ort", "genai", "executorch", "litert")
@@ -418,7 +416,7 @@ def measure_in_subprocess(spec: dict, prompt_ids, *, timeout: float = 300, **kwa
     request = json.dumps({"spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.items()},
                           "prompt_ids": _check_prompt(prompt_ids), "kwargs": kwargs})
     done = subprocess.run([sys.executable, "-m", "deploykit.lm_runtimes"], input=request, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"})
+                          text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])

@@ -17,7 +17,7 @@ TAG = lm.weights_sha256()[:12]
 
 
 def test_importing_the_module_opts_out_of_onnxruntime_telemetry():
-    # A fresh interpreter without the variable: importing lm_runtimes sets it before onnxruntime is imported.
+    # A fresh interpreter without the variable: importing lm_runtimes (deploykit first) sets it before onnxruntime is imported.
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     code = "import os, sys; import deploykit.lm_runtimes; print(os.environ.get('ORT_DISABLE_TELEMETRY'), 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
