@@ -1,13 +1,11 @@
-"""The course's language model in LiteRT: a cached export folder and a greedy loop over signature runners.
+"""The course's language model in LiteRT: a greedy loop over a converted model's signature runners.
 
 Lecture 14 shows the conversion itself: ``litert_torch.signature(...).signature(...).convert()`` over
 the prefill and decode wrappers of ``litert_torch.generative.export_hf.core`` (or, where TensorFlow is
 installed, ``export_hf.export`` on the local Hugging Face folder): a ``.tflite`` with ``prefill_<N>``
-and ``decode`` signatures. This module only keeps what is not the lesson:
+and ``decode`` signatures, cached by ``deploykit.lm_runtimes.build_once``. This module keeps the loop
+that is not the lesson:
 
-* :func:`export_once`: run the notebook's export function once into ``artifacts/lm/<name>_<hash>/``
-  (a ``.partial`` folder renamed when complete, as lecture 13's ``export_once`` does for ``.onnx``),
-  with the export's console output silenced and its wall time kept in ``export.seconds``.
 * :class:`SignatureLM`: the generation loop LiteRT-LM runs, written against ``ai_edge_litert``'s
   signature runners. The graphs have **static shapes**: the cache is a fixed-size buffer
   (``kv_cache_k_<layer>``, ``kv_cache_v_<layer>``) that each call returns updated at the positions
@@ -15,69 +13,28 @@ and ``decode`` signatures. This module only keeps what is not the lesson:
   slots that are still empty. The prefill signature takes exactly ``N`` tokens (a shorter prompt is
   padded; the padding's cache slots are masked, then overwritten by decode) and returns no logits,
   so the prompt's last token goes through ``decode``, as LiteRT-LM does.
+* :func:`convert_model`, :func:`quantize_model`, :func:`bundle_litertlm`: the conversion lecture 14
+  prints and runs as a command, in a process of its own (the converter's memory is returned to the
+  system when it ends, and the notebook's kernel never imports ``litert_torch``)::
+
+      python -m deploykit.lm_litert OUT_FOLDER [--prefill 32] [--cache 256]        # float32
+      python -m deploykit.lm_litert OUT_FOLDER --int8-from FLOAT32_FOLDER/model.tflite
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
-import shutil
-import time
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ._quiet import native_stderr_silenced
-from .paths import artifact_path
 
-#: The file :func:`export_once` writes the export's wall time into (seconds, text).
-SECONDS_FILE = "export.seconds"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PREFILL = re.compile(r"prefill_(\d+)")
-
-
-def export_once(export, name: str, tag: str) -> Path:
-    """``artifacts/lm/<name>_<tag>/``, made by ``export(folder)`` unless it exists already.
-
-    ``export`` is a function of one argument, the folder to write into (it receives a ``.partial``
-    folder that is renamed once ``export`` returns, so an interrupted export is never reused).
-    ``tag`` is the weights' hash prefix (``lm.weights_sha256()[:12]``): new weights, new folder.
-    The export's prints, progress bars, warnings and native log lines are silenced; its wall time
-    is written to ``export.seconds`` inside the folder (read it with :func:`export_seconds`).
-    """
-    if not callable(export):
-        raise TypeError(f"export_once expected a function export(folder), got {type(export).__name__}")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"export_once expected a plain folder name like 'litert_lm_fp32', got {name!r}")
-    if not isinstance(tag, str) or not re.fullmatch(r"[0-9a-f]{6,64}", tag):
-        raise ValueError(f"export_once expected tag = the weights' hash prefix (hex, e.g. lm.weights_sha256()[:12]), got {tag!r}")
-    folder = artifact_path(f"lm/{name}_{tag}")
-    if folder.is_dir() and (folder / SECONDS_FILE).is_file():
-        return folder
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    start = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()), native_stderr_silenced():
-        warnings.simplefilter("ignore")
-        export(partial)
-    seconds = time.perf_counter() - start
-    if not any(partial.iterdir()):
-        raise RuntimeError(f"export({partial.name}) returned without writing any file")
-    (partial / SECONDS_FILE).write_text(f"{seconds:.2f}")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
-
-
-def export_seconds(folder) -> float:
-    """Wall time of the export that made ``folder`` (written by :func:`export_once`)."""
-    path = Path(folder) / SECONDS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {SECONDS_FILE} in {Path(folder).name!r}: was it made by export_once?")
-    return float(path.read_text())
 
 
 class SignatureLM:
@@ -175,4 +132,102 @@ class SignatureLM:
             logits = self.step(tokens[-1])
 
 
-__all__ = ["SECONDS_FILE", "SignatureLM", "export_once", "export_seconds"]
+__all__ = ["SignatureLM", "bundle_litertlm", "convert_model", "quantize_model"]
+
+
+def convert_model(folder, *, prefill: int = 32, cache: int = 256) -> Path:
+    """Lecture 13's model to ``folder/model.tflite``: a ``prefill_<prefill>`` and a ``decode`` signature,
+    the KV cache a buffer of ``cache`` positions that every call takes and returns."""
+    import litert_torch
+
+    from .language_model import load_language_model, lm_path
+
+    with contextlib.redirect_stdout(io.StringIO()):  # transformers prints docstring-lint lines as model files load
+        from litert_torch.generative.export_hf.core import exportable_module, exportable_module_config
+    model, _ = load_language_model()
+    model.set_attn_implementation("lrt_transposed_attention")  # registered by export_hf.core: writes the cache in place
+    config = exportable_module_config.ExportableModuleConfig(
+        model=str(lm_path()), prefill_lengths=[prefill], cache_length=cache, k_ts_idx=2, v_ts_idx=3)
+    prefill_module = exportable_module.LiteRTExportableModuleForDecoderOnlyLMPrefill(model, config)
+    decode_module = exportable_module.LiteRTExportableModuleForDecoderOnlyLMGenerate(model, config)
+    (prefill_name, (prefill_inputs, _)), = prefill_module.get_sample_inputs(model.config).items()
+    (decode_name, (decode_inputs, _)), = decode_module.get_sample_inputs(model.config).items()
+    (litert_torch.signature(prefill_name, prefill_module.eval(), sample_kwargs=prefill_inputs)
+     .signature(decode_name, decode_module.eval(), sample_kwargs=decode_inputs)
+     .convert(strict_export=False)
+     .export(str(Path(folder) / "model.tflite")))
+    return Path(folder) / "model.tflite"
+
+
+def quantize_model(source, folder) -> Path:
+    """Dynamic-range int8 (lecture 08's ``dynamic_wi8_afp32``, ``export_hf``'s default) of a float
+    ``.tflite`` into ``folder/model.tflite``."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(str(source))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    qt.quantize(enable_progress_report=False).export_model(str(Path(folder) / "model.tflite"))
+    return Path(folder) / "model.tflite"
+
+
+def bundle_litertlm(folder, *, cache: int = 256) -> Path:
+    """``folder/model.litertlm``: the ``.tflite``, the Hugging Face tokenizer and ``LlmMetadata`` (the stop
+    token, the maximum number of tokens) in the one file LiteRT-LM's ``Engine`` loads."""
+    from litert_lm_builder import litertlm_builder
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2
+
+    from .language_model import lm_path, load_tokenizer
+
+    folder = Path(folder)
+    metadata = llm_metadata_pb2.LlmMetadata(max_num_tokens=cache)
+    metadata.stop_tokens.add().token_ids.ids.append(load_tokenizer().eos_token_id)
+    metadata.llm_model_type.generic_model.SetInParent()
+    (folder / "llm_metadata.pb").write_bytes(metadata.SerializeToString())
+    builder = litertlm_builder.LitertLmFileBuilder()
+    builder.add_system_metadata(litertlm_builder.Metadata(key="Authors", value="model-deployment-course",
+                                                          dtype=litertlm_builder.DType.STRING))
+    builder.add_llm_metadata(str(folder / "llm_metadata.pb"))
+    builder.add_hf_tokenizer(str(lm_path() / "tokenizer.json"))
+    builder.add_tflite_model(str(folder / "model.tflite"), litertlm_builder.TfLiteModelType.PREFILL_DECODE)
+    with open(folder / "model.litertlm", "wb") as file:
+        builder.build(file)
+    return folder / "model.litertlm"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tokens, got {text}")
+    return value
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploykit.lm_litert",
+                                     description="Convert the course's language model to LiteRT (.tflite + .litertlm).")
+    parser.add_argument("out", type=Path, help="the folder to create (it must not exist)")
+    parser.add_argument("--int8-from", type=Path, metavar="TFLITE",
+                        help="quantise this float32 model.tflite (dynamic-range int8) instead of converting")
+    parser.add_argument("--prefill", type=_positive, default=32, help="tokens of the prefill signature")
+    parser.add_argument("--cache", type=_positive, default=256, help="KV cache positions")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists already: give a new folder")
+    if not args.out.parent.is_dir():
+        parser.error(f"the folder {args.out.parent} does not exist")
+    if args.int8_from is not None and not args.int8_from.is_file():
+        parser.error(f"--int8-from: no file {args.int8_from} (convert the float32 model first)")
+    if args.prefill > args.cache:
+        parser.error(f"--prefill ({args.prefill}) cannot exceed --cache ({args.cache})")
+    args.out.mkdir()
+    # The converter's progress bars, warnings and native log lines are not the lesson; its errors still reach stderr.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
+        warnings.simplefilter("ignore")
+        if args.int8_from is None:
+            convert_model(args.out, prefill=args.prefill, cache=args.cache)
+        else:
+            quantize_model(args.int8_from, args.out)
+        bundle_litertlm(args.out, cache=args.cache)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -6,6 +6,8 @@ The conversions themselves (ONNX Runtime GenAI's model builder, ``torch.export``
 * :func:`lm_artifact` / :func:`build_once`: a place in ``artifacts/lm/`` named after the weights'
   hash (``<name>_<hash12>[suffix]``, the naming lecture 13 uses), built once, its build time kept in a
   ``.build.json`` beside it so a warm run can still say how long the conversion took;
+  :func:`start_build` does the same for a conversion command run in a process of its own, in the
+  background until ``.wait()``;
 * one runner per runtime with the same two calls, ``start(prompt_ids) -> first token`` (a fresh
   cache, the prompt's prefill, greedy choice) and ``step() -> next token`` (one decode step on the
   token chosen last), so every runtime is timed by the same code (:func:`measure`);
@@ -20,16 +22,23 @@ measuring subprocess inherits it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+from ._quiet import native_stderr_silenced
 
 #: The runners :func:`make_runner` knows, by the ``kind`` a spec names.
 KINDS = ("torch", "ort", "genai", "executorch", "litert")
@@ -77,33 +86,108 @@ class Build:
         return f"{self.path.name}: {how} in {self.seconds:.1f} s)"
 
 
-def build_once(path: Path, build: Callable[[Path], object]) -> Build:
-    """Run ``build(partial_path)`` unless ``path`` exists, then move the partial output into place.
-
-    ``build`` writes a file or a folder at the path it is given (``path`` with ``.partial`` added), so
-    an interrupted conversion never leaves something that looks finished. The build time is kept in
-    ``<path>.build.json``.
-    """
-    path = Path(path)
-    if not callable(build):
-        raise TypeError(f"build_once expected a function taking the output path, got {type(build).__name__}")
+def _reused(path: Path) -> Build | None:
+    """The finished output at ``path`` with its recorded build time, or None if it must be built."""
+    if not path.exists():
+        return None
     record = path.with_name(path.name + BUILD_SUFFIX)
-    if path.exists():
-        seconds = json.loads(record.read_text())["seconds"] if record.exists() else float("nan")
-        return Build(path, seconds, cached=True)
+    return Build(path, json.loads(record.read_text())["seconds"] if record.exists() else float("nan"), cached=True)
+
+
+def _fresh_partial(path: Path) -> Path:
+    """``path`` with ``.partial`` added, with whatever an interrupted build left there removed."""
     partial = path.with_name(path.name + ".partial")
     if partial.is_dir():
         shutil.rmtree(partial)
     elif partial.exists():
         partial.unlink()
-    start = time.perf_counter()
-    build(partial)
-    seconds = time.perf_counter() - start
-    if not partial.exists():
-        raise FileNotFoundError(f"build_once: the build function wrote nothing at {partial} (it must write there)")
+    return partial
+
+
+def _finish(path: Path, seconds: float, who: str) -> Build:
+    """Move a build's ``.partial`` output into place and record how long it took."""
+    partial = path.with_name(path.name + ".partial")
+    if not partial.exists() or (partial.is_dir() and not any(partial.iterdir())):
+        raise FileNotFoundError(f"{who} wrote nothing at {partial} (it must write there)")
     partial.rename(path)
-    record.write_text(json.dumps({"seconds": round(seconds, 3)}))
+    path.with_name(path.name + BUILD_SUFFIX).write_text(json.dumps({"seconds": round(seconds, 3)}))
     return Build(path, seconds, cached=False)
+
+
+def build_once(path: Path, build: Callable[[Path], object], *, quiet: bool = False) -> Build:
+    """Run ``build(partial_path)`` unless ``path`` exists, then move the partial output into place.
+
+    ``build`` writes a file or a folder at the path it is given (``path`` with ``.partial`` added), so
+    an interrupted conversion never leaves something that looks finished. The build time is kept in
+    ``<path>.build.json``. ``quiet=True`` silences the build's prints, progress bars, warnings and native
+    log lines (a converter's console output is not the lesson).
+    """
+    path = Path(path)
+    if not callable(build):
+        raise TypeError(f"build_once expected a function taking the output path, got {type(build).__name__}")
+    reused = _reused(path)
+    if reused:
+        return reused
+    partial = _fresh_partial(path)
+    start = time.perf_counter()
+    if quiet:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), native_stderr_silenced():
+            warnings.simplefilter("ignore")
+            build(partial)
+    else:
+        build(partial)
+    return _finish(path, time.perf_counter() - start, "build_once: the build function")
+
+
+class PendingBuild:
+    """A conversion command running in a process of its own (:func:`start_build`). ``wait()`` returns its
+    :class:`Build` once the command has finished and its output is in place."""
+
+    def __init__(self, path: Path, process: subprocess.Popen | None, output, started: float, result: Build | None = None):
+        self.path, self._process, self._output, self._started, self._result = path, process, output, started, result
+
+    def done(self) -> bool:
+        """Whether the command has ended (``wait()`` will not block)."""
+        return self._result is not None or self._process.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> Build:
+        if self._result is not None:
+            return self._result
+        code = self._process.wait(timeout)
+        seconds = time.perf_counter() - self._started
+        self._output.seek(0)
+        tail = "\n".join(self._output.read().decode(errors="replace").strip().splitlines()[-8:])
+        self._output.close()
+        if code != 0:
+            raise RuntimeError(f"building {self.path.name} failed (exit {code}); the command's last lines:\n{tail}")
+        self._result = _finish(self.path, seconds, "start_build: the command")
+        return self._result
+
+
+def start_build(path: Path, command: list, *, env: dict | None = None) -> PendingBuild:
+    """Start ``command`` in the background unless ``path`` exists; ``.wait()`` on the result gives the :class:`Build`.
+
+    ``command`` is a list of arguments; the one written ``"{partial}"`` is replaced by the path the command
+    must write (``path`` with ``.partial`` added: a file or a folder), renamed to ``path`` when it exits
+    successfully, as :func:`build_once` does. Its output is kept only to explain a failure. ``env``: extra
+    environment variables. A conversion in its own process returns its memory to the system when it ends.
+    """
+    path = Path(path)
+    if not isinstance(command, (list, tuple)) or not command or not all(isinstance(a, (str, Path)) for a in command):
+        raise TypeError(f"start_build expected the command as a list of arguments, got {command!r}")
+    if sum(str(a) == "{partial}" for a in command) != 1:
+        raise ValueError("start_build expected exactly one argument \"{partial}\": where the command writes its output")
+    reused = _reused(path)
+    if reused:
+        return PendingBuild(path, None, None, 0.0, reused)
+    partial = _fresh_partial(path)
+    output = tempfile.TemporaryFile()
+    arguments = [str(partial) if str(a) == "{partial}" else str(a) for a in command]
+    started = time.perf_counter()
+    process = subprocess.Popen(arguments, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
+    return PendingBuild(path, process, output, started)
 
 
 def size_bytes(path: Path) -> int:

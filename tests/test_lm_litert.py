@@ -1,4 +1,4 @@
-"""deploykit.lm_litert: the cached export folder and the greedy loop over prefill/decode signature runners.
+"""deploykit.lm_litert: the greedy loop over prefill/decode signature runners.
 
 The loop is tested on a toy model converted here with litert_torch (seconds, no TensorFlow needed)
 that has export_hf's interface (``prefill_<N>`` and ``decode`` signatures; ``tokens``, ``input_pos``,
@@ -17,7 +17,7 @@ import torch
 
 from deploykit import lm_litert
 from deploykit.litert import digits_tflite, load_interpreter
-from deploykit.lm_litert import SignatureLM, export_once, export_seconds
+from deploykit.lm_litert import SignatureLM
 
 V, CACHE, PREFILL = 17, 16, 4
 
@@ -131,55 +131,3 @@ def test_refuses_a_model_without_prefill_and_decode():
         SignatureLM(load_interpreter(digits_tflite(), num_threads=1))
     with pytest.raises(TypeError, match="LiteRT Interpreter"):
         SignatureLM("model.tflite")
-
-
-@pytest.fixture
-def artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEPLOYKIT_ARTIFACTS", str(tmp_path))
-    return tmp_path
-
-
-def test_export_once_runs_once_and_keeps_the_time(artifacts):
-    calls = []
-
-    def export(folder):
-        calls.append(folder.name)
-        print("noise")  # silenced
-        (folder / "model.tflite").write_bytes(b"x")
-
-    folder = export_once(export, "toy_fp32", "0123456789ab")
-    assert folder == artifacts / "lm" / "toy_fp32_0123456789ab"
-    assert calls == ["toy_fp32_0123456789ab.partial"] and (folder / "model.tflite").is_file()
-    assert export_seconds(folder) >= 0
-    assert export_once(export, "toy_fp32", "0123456789ab") == folder and len(calls) == 1
-    assert not (artifacts / "lm" / "toy_fp32_0123456789ab.partial").exists()
-
-
-def test_export_once_never_keeps_a_failed_export(artifacts):
-    def broken(folder):
-        (folder / "model.tflite").write_bytes(b"half")
-        raise RuntimeError("conversion failed")
-
-    with pytest.raises(RuntimeError, match="conversion failed"):
-        export_once(broken, "toy", "abcdef123456")
-    assert not (artifacts / "lm" / "toy_abcdef123456").exists()
-    with pytest.raises(RuntimeError, match="without writing any file"):
-        export_once(lambda folder: None, "toy", "abcdef123456")
-    assert not (artifacts / "lm" / "toy_abcdef123456").exists()
-
-
-@pytest.mark.parametrize("name, tag", [("../x", "abcdef123456"), ("", "abcdef123456"), ("ok", "ABC"),
-                                       ("ok", "not-hex!"), ("ok", 123456)])
-def test_export_once_checks_name_and_tag(artifacts, name, tag):
-    with pytest.raises(ValueError):
-        export_once(lambda folder: None, name, tag)
-
-
-def test_export_once_needs_a_function(artifacts):
-    with pytest.raises(TypeError, match="export\\(folder\\)"):
-        export_once("litert_torch.convert", "toy", "abcdef123456")
-
-
-def test_export_seconds_names_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=lm_litert.SECONDS_FILE):
-        export_seconds(tmp_path)

@@ -96,6 +96,102 @@ def test_build_once_rejects_a_build_that_writes_nothing_and_a_non_callable(tmp_p
         lr.build_once(tmp_path / "x.pte", "not callable")
 
 
+def test_build_once_never_keeps_a_failed_or_empty_folder(tmp_path):
+    def broken(partial):
+        partial.mkdir()
+        (partial / "model.tflite").write_bytes(b"half")
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        lr.build_once(tmp_path / "litert", broken)
+    assert not (tmp_path / "litert").exists()
+    with pytest.raises(FileNotFoundError, match="wrote nothing"):
+        lr.build_once(tmp_path / "litert", lambda partial: partial.mkdir())
+    assert not (tmp_path / "litert").exists()
+    result = lr.build_once(tmp_path / "litert", lambda partial: (partial.mkdir(), (partial / "m").write_bytes(b"1")))
+    assert not result.cached and (result.path / "m").is_file()  # the stale partials did not stop a good build
+
+
+def test_build_once_quiet_silences_the_converters_output(tmp_path, capfd):
+    import warnings
+
+    def noisy(partial):
+        print("progress 10%")
+        print("native-ish line", file=sys.stderr)
+        warnings.warn("a converter's deprecation notice")
+        os.write(2, b"a C++ log line\n")
+        partial.write_bytes(b"x")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lr.build_once(tmp_path / "quiet.tflite", noisy, quiet=True)
+    out, err = capfd.readouterr()
+    assert (out, err, caught) == ("", "", [])
+    lr.build_once(tmp_path / "loud.tflite", noisy)  # the default keeps the output: a learner sees a converter's errors
+    out, err = capfd.readouterr()
+    assert "progress 10%" in out and "a C++ log line" in err
+
+
+def test_start_build_runs_the_command_in_the_background_then_reuses_it(tmp_path):
+    write = "import sys, time; time.sleep(0.3); open(sys.argv[1], 'w').write('program')"
+    pending = lr.start_build(tmp_path / "model.pte", [sys.executable, "-c", write, "{partial}"])
+    assert not pending.done() and not (tmp_path / "model.pte").exists()  # running beside this process
+    first = pending.wait()
+    assert not first.cached and first.seconds >= 0.3 and (tmp_path / "model.pte").read_text() == "program"
+    assert not (tmp_path / "model.pte.partial").exists()
+    again = lr.start_build(tmp_path / "model.pte", [sys.executable, "-c", "raise SystemExit(1)", "{partial}"])
+    assert again.done() and again.wait().cached and again.wait().seconds == pytest.approx(first.seconds, abs=1e-3)
+
+
+def test_start_build_passes_extra_environment_and_makes_folders(tmp_path):
+    write = "import os, sys; os.mkdir(sys.argv[1]); open(sys.argv[1] + '/v', 'w').write(os.environ['COURSE_X'])"
+    built = lr.start_build(tmp_path / "folder", [sys.executable, "-c", write, "{partial}"], env={"COURSE_X": "7"}).wait()
+    assert (built.path / "v").read_text() == "7"
+
+
+def test_start_build_explains_a_failing_command_and_keeps_nothing(tmp_path):
+    fail = "import sys; print('converting...'); sys.exit('the converter said: unsupported operator')"
+    with pytest.raises(RuntimeError, match="(?s)exit 1.*converting.*unsupported operator"):
+        lr.start_build(tmp_path / "x.pte", [sys.executable, "-c", fail, "{partial}"]).wait()
+    assert not (tmp_path / "x.pte").exists()
+    with pytest.raises(FileNotFoundError, match="wrote nothing"):
+        lr.start_build(tmp_path / "x.pte", [sys.executable, "-c", "pass", "{partial}"]).wait()
+    assert not (tmp_path / "x.pte").exists()
+
+
+@pytest.mark.parametrize("command, error", [("python -m builder", TypeError), ([], TypeError),
+                                            (["python", "-m", "builder"], ValueError),
+                                            (["cp", "{partial}", "{partial}"], ValueError)])
+def test_start_build_needs_a_list_with_one_partial_placeholder(tmp_path, command, error):
+    with pytest.raises(error):
+        lr.start_build(tmp_path / "x.pte", command)
+
+
+def test_lm_litert_command_validates_before_converting(tmp_path):
+    (tmp_path / "taken").mkdir()
+    for argv, message in [([str(tmp_path / "taken")], "exists already"),
+                          ([str(tmp_path / "missing" / "out")], "does not exist"),
+                          ([str(tmp_path / "out"), "--int8-from", str(tmp_path / "none.tflite")], "convert the float32 model first"),
+                          ([str(tmp_path / "out"), "--prefill", "300"], "cannot exceed"),
+                          ([str(tmp_path / "out"), "--cache", "-1"], "positive")]:
+        done = subprocess.run([sys.executable, "-m", "deploykit.lm_litert", *argv], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, (argv, done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_lm_executorch_command_validates_before_importing_executorch(tmp_path):
+    from deploykit import lm_executorch
+
+    for argv, message in [([str(tmp_path / "missing" / "x.pte")], "does not exist"),
+                          ([str(tmp_path / "x.pte"), "--quantize", "int3"], "invalid choice"),
+                          ([str(tmp_path / "x.pte"), "--max-cache", "0"], "positive"),
+                          ([str(tmp_path / "x.pte"), "--max-prompt", "200"], "cannot exceed")]:
+        done = subprocess.run([sys.executable, "-m", "deploykit.lm_executorch", *argv], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, (argv, done.stderr)
+    assert not list(tmp_path.iterdir())
+    assert lm_executorch.QUANTIZATIONS == (None, "8da4w")
+
+
 def test_size_bytes_skips_build_records_and_names_a_missing_path(tmp_path):
     (tmp_path / "a").write_bytes(b"12345")
     (tmp_path / "a.build.json").write_text('{"seconds": 1}')
