@@ -83,3 +83,17 @@ def test_each_notebook_is_profiled_under_the_cpu_lock(monkeypatch, tmp_path, cap
     assert events == ["lock", "run", "unlock"] * 2
     out = capsys.readouterr().out
     assert "CPUs used by others" in out and "of the CPUs" in out
+
+
+def test_a_cold_budget_set_by_an_issue_applies_cold_only():
+    lecture = "notebooks/14_llm_runtimes_on_device.ipynb"
+    assert pn.budget_seconds(lecture, cold=True) == 120.0
+    assert pn.budget_seconds(lecture, cold=False) == pn.BUDGET_SECONDS
+    assert pn.budget_seconds("notebooks/13_transformer_onnx_runtime.ipynb", cold=True) == 60.0
+    rows = [{"notebook": lecture, "seconds": 90.0, "peak_mb": 1900.0, "status": "ok"},
+            {"notebook": "notebooks/13_transformer_onnx_runtime.ipynb", "seconds": 90.0, "peak_mb": 1900.0, "status": "ok"}]
+    cold = pn.table(rows, 180.0, cold=True)
+    warm = pn.table(rows, 180.0, cold=False)
+    assert f"| `{lecture}` | 90.0 | 1900 | yes |" in cold and "(14_llm_runtimes_on_device: 120 s cold" in cold
+    assert f"| `{lecture}` | 90.0 | 1900 | no |" in warm and "120 s cold" not in warm
+    assert "| `notebooks/13_transformer_onnx_runtime.ipynb` | 90.0 | 1900 | no |" in cold

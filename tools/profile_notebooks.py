@@ -44,6 +44,15 @@ sys.path.insert(0, str(ROOT / "tools"))
 from quiet_machine import LoadMonitor, quiet_machine  # noqa: E402
 
 BUDGET_SECONDS, BUDGET_MB = 60.0, 2048.0
+#: Cold-cache budgets an issue set above the default, with the reason (the warm budget stays 60 s).
+COLD_BUDGET_SECONDS = {
+    "notebooks/14_llm_runtimes_on_device.ipynb": (120.0, "three LLM runtimes' conversions, cached after the first run"),
+}
+
+
+def budget_seconds(notebook: str, cold: bool) -> float:
+    """The wall-time budget of one notebook (its name as in the table), warm or cold."""
+    return COLD_BUDGET_SECONDS.get(notebook, (BUDGET_SECONDS, ""))[0] if cold else BUDGET_SECONDS
 
 
 def _hwm_mb(pid: int) -> float:
@@ -134,8 +143,10 @@ def table(rows: list[dict], wall: float, cold: bool = False) -> str:
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `make profile` (`tools/profile_notebooks.py`) on "
         f"{info['cpu']}, {info['logical_cores']} logical cores, Python {info['python']}, torch {info.get('torch')}, "
         f"onnxruntime {info.get('onnxruntime')}. Budget per notebook: {BUDGET_SECONDS:.0f} s and {BUDGET_MB / 1024:.0f} GB "
-        "peak; each runs in a fresh kernel " + ("with its own EMPTY artifacts folder, as in a fresh clone (`--cold`)."
-                 if cold else "with a warm `artifacts/` cache, as in a second `make test`.") +
+        "peak" + "".join(f" ({Path(name).stem}: {seconds:.0f} s cold, {why})" for name, (seconds, why) in COLD_BUDGET_SECONDS.items()
+                         if cold) + "; each runs in a fresh kernel " + (
+            "with its own EMPTY artifacts folder, as in a fresh clone (`--cold`)." if cold
+            else "with a warm `artifacts/` cache, as in a second `make test`.") +
         " Each notebook runs under the course's CPU lock, started on idle CPUs (`tools/quiet_machine.py`); the last "
         "column is the share of all CPUs other processes used meanwhile. Peak memory is the kernel's peak resident set, or, while the notebook runs other processes, the "
         "memory of the kernel and those processes together (proportional set sizes: shared pages counted once).",
@@ -144,7 +155,7 @@ def table(rows: list[dict], wall: float, cold: bool = False) -> str:
         "|---|---:|---:|:---:|---:|",
     ]
     for row in rows:
-        ok = row["status"] == "ok" and row["seconds"] <= BUDGET_SECONDS and row["peak_mb"] <= BUDGET_MB
+        ok = row["status"] == "ok" and row["seconds"] <= budget_seconds(row["notebook"], cold) and row["peak_mb"] <= BUDGET_MB
         flag = "yes" if ok else ("no" if row["status"] == "ok" else row["status"])
         others = f"{row['others_busy']:.0%}" if "others_busy" in row else "-"
         lines.append(f"| `{row['notebook']}` | {row['seconds']:.1f} | {row['peak_mb']:.0f} | {flag} | {others} |")
