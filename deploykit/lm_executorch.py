@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._cli import positive_tokens
+
 #: The quantisations :func:`export_program` knows: None (float32) or torchao's ``8da4w``.
 QUANTIZATIONS = (None, "8da4w")
 
@@ -50,21 +52,14 @@ def export_program(out, *, quantize: str | None = None, max_cache: int = 128, ma
     return Path(out)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of tokens, got {text}")
-    return value
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploykit.lm_executorch",
                                      description="Export the course's language model to an ExecuTorch .pte (XNNPACK).")
     parser.add_argument("out", type=Path, help="the .pte file to write (its folder must exist)")
     parser.add_argument("--quantize", choices=[q for q in QUANTIZATIONS if q], default=None,
                         help="torchao 8da4w (int4 weights, int8 activations); default float32")
-    parser.add_argument("--max-cache", type=_positive, default=128, help="KV cache positions in the program")
-    parser.add_argument("--max-prompt", type=_positive, default=64, help="longest prompt one call takes")
+    parser.add_argument("--max-cache", type=positive_tokens, default=128, help="KV cache positions in the program")
+    parser.add_argument("--max-prompt", type=positive_tokens, default=64, help="longest prompt one call takes")
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         parser.error(f"the folder {args.out.parent} does not exist")

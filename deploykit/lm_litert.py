@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cli import positive_tokens
 from ._quiet import native_stderr_silenced
 
 _PREFILL = re.compile(r"prefill_(\d+)")
@@ -194,21 +195,14 @@ def bundle_litertlm(folder, *, cache: int = 256) -> Path:
     return folder / "model.litertlm"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of tokens, got {text}")
-    return value
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploykit.lm_litert",
                                      description="Convert the course's language model to LiteRT (.tflite + .litertlm).")
     parser.add_argument("out", type=Path, help="the folder to create (it must not exist)")
     parser.add_argument("--int8-from", type=Path, metavar="TFLITE",
                         help="quantise this float32 model.tflite (dynamic-range int8) instead of converting")
-    parser.add_argument("--prefill", type=_positive, default=32, help="tokens of the prefill signature")
-    parser.add_argument("--cache", type=_positive, default=256, help="KV cache positions")
+    parser.add_argument("--prefill", type=positive_tokens, default=32, help="tokens of the prefill signature")
+    parser.add_argument("--cache", type=positive_tokens, default=256, help="KV cache positions")
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists already: give a new folder")
