@@ -92,6 +92,19 @@ def native_stderr_silenced():
 
 
 @contextlib.contextmanager
+def converter_output_silenced():
+    """A converter's console output off inside the block: Python prints and warnings, and C/C++ writes to
+    stderr (progress bars, log lines). Exceptions still propagate, so its errors are seen."""
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()), native_stderr_silenced():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
 def native_stdout_silenced():
     """The same for C/C++ writes to stdout (file descriptor 1).
 

@@ -27,13 +27,12 @@ import contextlib
 import io
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ._cli import positive_tokens
-from ._quiet import native_stderr_silenced
+from ._quiet import converter_output_silenced
 
 _PREFILL = re.compile(r"prefill_(\d+)")
 
@@ -214,8 +213,7 @@ def main(argv=None) -> None:
         parser.error(f"--prefill ({args.prefill}) cannot exceed --cache ({args.cache})")
     args.out.mkdir()
     # The converter's progress bars, warnings and native log lines are not the lesson; its errors still reach stderr.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
-        warnings.simplefilter("ignore")
+    with converter_output_silenced():
         if args.int8_from is None:
             convert_model(args.out, prefill=args.prefill, cache=args.cache)
         else:

@@ -22,8 +22,6 @@ measuring subprocess inherits it.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -33,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ._quiet import native_stderr_silenced
+from ._quiet import converter_output_silenced
 
 #: The runners :func:`make_runner` knows, by the ``kind`` a spec names.
 KINDS = ("torch", "ort", "genai", "executorch", "litert")
@@ -131,9 +128,7 @@ def build_once(path: Path, build: Callable[[Path], object], *, quiet: bool = Fal
     partial = _fresh_partial(path)
     start = time.perf_counter()
     if quiet:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), native_stderr_silenced():
-            warnings.simplefilter("ignore")
+        with converter_output_silenced():
             build(partial)
     else:
         build(partial)
