@@ -29,11 +29,12 @@ _LAZY = {
     "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",
     "count_flops": "flops",
+    "installed_bytes": "installed", "installed_mb": "installed",
     "export_onnx": "exports", "strip_debug_info": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
 }
 
 
-_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "profiling", "quantize", "radio", "setup_check"}
+_SUBMODULES = {"bench", "checks", "data", "exports", "flops", "graphs", "installed", "litert", "models", "netron", "ortformat", "parity", "pitfalls", "profiling", "quantize", "radio", "setup_check"}
 
 
 def __getattr__(name: str):

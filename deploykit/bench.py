@@ -178,6 +178,9 @@ def machine_info() -> dict:
 #: load 2.1 with 2 threads 100x slower than 1. Above it a timing is not a result
 #: (``tools/quiet_machine.py`` and ``tests/test_executed_quiet.py`` hold notebooks to it).
 QUIET_OTHERS_FRACTION = 0.15
+#: What :func:`print_machine_info` prints when others use more than that: a committed output carrying it
+#: is a defect (tests/test_executed_quiet.py scans every committed notebook for it and for :data:`BUSY`).
+BUSY_VERDICT = "BUSY: timings taken now are not results"
 
 
 def cpu_seconds() -> tuple[float, float] | None:
@@ -233,7 +236,7 @@ def print_machine_info() -> None:
               f"{os.cpu_count()} logical cores)")
     if load["others_busy_fraction"] is not None:
         busy = load["others_busy_fraction"]
-        verdict = "quiet" if busy <= QUIET_OTHERS_FRACTION else "BUSY: timings taken now are not results"
+        verdict = "quiet" if busy <= QUIET_OTHERS_FRACTION else BUSY_VERDICT
         print(f"{'others busy':>14}: {busy:.0%} of the CPUs now ({verdict})")
 
 

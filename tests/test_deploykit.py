@@ -361,3 +361,16 @@ def test_native_stderr_captured_keeps_what_native_code_wrote():
     with dk.native_stderr_captured() as log:
         libc.write(2, b"native line\n", 12)
     assert log.text == "native line\n"
+
+
+def test_installed_size_is_one_unit_for_every_lecture():
+    import deploykit as dk
+    from importlib import metadata
+
+    size = dk.installed_bytes("onnxruntime")
+    recorded = sum(f.size or 0 for f in metadata.distribution("onnxruntime").files)
+    assert size >= recorded > 10 * dk.installed.MB  # the RECORD's sizes, plus files it gave no size for
+    assert dk.installed_mb("onnxruntime") == size / 1e6  # MB, not MiB (issue 32: 69 MB vs 61.4 "MB")
+    assert dk.installed_mb("ONNXRuntime") == dk.installed_mb("onnxruntime")  # pip names are case-insensitive
+    with pytest.raises(ValueError, match="no distribution 'not-a-package-xyz' is installed"):
+        dk.installed_mb("not-a-package-xyz")

@@ -114,3 +114,42 @@ def test_monitor_sees_a_process_that_is_not_ours():
     stamp = monitor.stamp(0.01)
     assert stamp["others_busy_fraction"] == round(monitor.others_fraction, 3)
     assert set(stamp) >= {"load_1min_start", "load_1min_end", "others_busy_fraction", "busy_fraction_start", "cpu"}
+
+
+# --- No committed output says the machine was busy (issue 32) -------------------------------------
+# The load stamp averages over the whole run; one cell can still have printed the busy verdict (lecture 10
+# cell 4 once did, under a stamp within the limit). Any committed output that says so is a defect.
+
+_spec_x = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "tools" / "execute_notebooks.py")
+xn = importlib.util.module_from_spec(_spec_x)
+_spec_x.loader.exec_module(xn)
+
+
+def busy_outputs(path: Path) -> list[str]:
+    return xn.busy_output_lines(nbformat.read(path, as_version=4))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_committed_output_says_the_machine_was_busy(path):
+    found = busy_outputs(path)
+    name = path.relative_to(ROOT).as_posix()
+    assert not found, (f"{name} was committed with outputs taken on a busy machine: {found}; re-execute it on a "
+                       f"quiet machine: .venv/bin/python tools/execute_notebooks.py {name}")
+
+
+def test_a_busy_output_is_found(tmp_path):
+    from deploykit.bench import BUSY, BUSY_VERDICT
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("dk.print_machine_info()", outputs=[nbformat.v4.new_output(
+        "stream", name="stdout", text=f"   others busy: 53% of the CPUs now ({BUSY_VERDICT})\n")]))
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"A lecture may *explain* the verdict: {BUSY_VERDICT}"))
+    nb.cells.append(nbformat.v4.new_code_cell("speedup", outputs=[nbformat.v4.new_output(
+        "execute_result", data={"text/plain": f"'{BUSY}'"}, execution_count=1)]))
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert [line.split(":")[0] for line in busy_outputs(path)] == ["cell 0", "cell 2"]
+    nb.cells[0].outputs[0].text = "   others busy: 2% of the CPUs now (quiet)\n"
+    nb.cells.pop(2)
+    nbformat.write(nb, path)
+    assert busy_outputs(path) == []

@@ -160,3 +160,19 @@ def test_classify_names_timeouts_and_cascades():
                 {"cell": "Cell 3", "message": "Timeout of 1800 seconds exceeded while executing cell."}]
     pc.classify(failures, [])
     assert [f["origin"].split()[0] for f in failures] == ["CPU-DEPENDENT:", "probably", "TIMED"]
+
+
+def test_the_docs_quote_the_one_list_of_numerically_sensitive_notebooks():
+    """docs/portability.md and the README once listed 7 notebooks and ten: both now quote NOTEBOOKS (issue 32)."""
+    words = pc.notebooks_in_words()
+    doc = (ROOT / "docs" / "portability.md").read_text(encoding="utf-8")
+    quoted = doc.split("<!-- portable-notebooks:start -->")[1].split("<!-- portable-notebooks:end -->")[0]
+    assert quoted == words, f"docs/portability.md lists {quoted!r}; tools/portable_check.py NOTEBOOKS is {words!r}"
+    count = words.rsplit(": ", 1)[1].split()[0]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"the {count} numerically sensitive notebooks" in readme, f"the README should say 'the {count} numerically sensitive notebooks'"
+
+
+def test_notebooks_in_words_names_lectures_and_labs():
+    assert pc.notebooks_in_words(("notebooks/05_x.ipynb", "notebooks/13_y.ipynb", "solutions/lab05_a.ipynb",
+                                  "solutions/lab10_b.ipynb")) == "lectures 05, 13 and the solutions of labs 05, 10: four notebooks"

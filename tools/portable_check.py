@@ -84,6 +84,21 @@ NOTEBOOKS = (
     "solutions/lab10_language_model_budget.ipynb",
 )
 
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen")
+
+
+def notebooks_in_words(notebooks=NOTEBOOKS) -> str:
+    """``NOTEBOOKS`` as the docs say it: "lectures 05, 07 and the solutions of labs 05, 10: four notebooks".
+
+    docs/portability.md and the README quote this (tests/test_portable_check.py keeps them equal to it)."""
+    lectures = [Path(n).name[:2] for n in notebooks if n.startswith("notebooks/")]
+    labs = [Path(n).name[3:5] for n in notebooks if n.startswith("solutions/lab")]
+    count = len(notebooks)
+    return (f"lectures {', '.join(lectures)} and the solutions of labs {', '.join(labs)}: "
+            f"{_NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else count} notebooks")
+
+
 KERNEL_NAME = "deploykit-emulated"
 QEMU = "qemu-x86_64"
 #: How many times slower than the host an emulated kernel is declared to be (qemu TCG runs these notebooks 20-60x slower).

@@ -3,13 +3,13 @@
 ``results`` maps a configuration name to a ``dk.benchmark`` result (one frame per call). The checks
 test the protocol (warm-up, repeats, threads and batch recorded), the breadth of the search, a fair
 comparison (every setting at every thread count), the choice (a p90 frame budget, then a re-match of
-the two best in interleaved rounds: a tie when their round medians overlap), the profile against the
+the two best in alternated rounds (blocks, order alternated): a tie when their round medians overlap), the profile against the
 learner's own trace (float32 file, all optimisations, one thread), and the explanation (written from
 the learner's variables).
 
 A recorded protocol can still hide an unfair timed function, so ``check_results`` re-measures each
 configuration it recognises from its name (runtime, precision, optimisation level) *as that
-configuration*, the fair way, in interleaved rounds, and rejects a median outside that measurement's
+configuration*, the fair way, in alternated rounds (blocks, order alternated), and rejects a median outside that measurement's
 spread widened by a factor (``SLOWER_LIMIT`` / ``FASTER_LIMIT``). A configuration it does not recognise
 is compared with ONNX Runtime float32 at the same threads, with the wide ``UNKNOWN_*`` limits.
 """
@@ -201,7 +201,7 @@ def fair_runner(recipe: tuple[str, str, str], threads: int):
 
 def _fair_reference_ms(recipe: tuple[str, str, str], threads: int) -> tuple[float, float]:
     """(lowest, highest) round median, in ms, of ``recipe`` at ``threads`` timed fairly by the check:
-    built once, 3 interleaved rounds of 3 warm-up and 10 timed calls."""
+    built once, 3 alternated rounds of 3 warm-up and 10 timed calls."""
     from ..bench import benchmark_rounds
 
     run = fair_runner(recipe, threads)
@@ -213,7 +213,7 @@ def _fair_reference_ms(recipe: tuple[str, str, str], threads: int) -> tuple[floa
 @check("the fastest configuration: within the p90 budget, confirmed in rounds", timed=True)
 def check_fastest(results: dict, fastest, rounds: dict) -> None:
     """``fastest``: the winner of the two configurations with the lowest medians among those whose p90 is
-    within ``FRAME_BUDGET_MS``, re-measured in ``rounds`` (``deploykit.bench.benchmark_rounds``, interleaved); when their
+    within ``FRAME_BUDGET_MS``, re-measured in ``rounds`` (``deploykit.bench.benchmark_rounds``: blocks, order alternated); when their
     round medians overlap it is a tie and ``fastest`` is the pair (a tuple of both names)."""
     from ..bench import P90_MIN_SAMPLES, RoundsResult
 
@@ -265,8 +265,8 @@ def check_fastest(results: dict, fastest, rounds: dict) -> None:
         require(names[0] in (a, b), f"{names[0]!r} is not one of the two lowest medians within the budget: sort the "
                 "configurations within the budget by median and re-time the first two")
         winner = min((a, b), key=lambda name: rounds[name].median_ms)
-        require(names[0] == winner, f"{names[0]!r} is slower than its rival in your rounds: the rounds (measured back "
-                "to back, interleaved) decide, not the first table")
+        require(names[0] == winner, f"{names[0]!r} is slower than its rival in your rounds: the rounds (blocks, order "
+                "alternated) decide, not the first table")
     for name in names:
         samples = rounds[name].samples
         if len(samples) >= P90_MIN_SAMPLES:

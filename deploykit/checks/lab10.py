@@ -13,7 +13,7 @@ What the checks do not take on trust:
 * perplexities are recomputed on ``lm.held_out_ids`` with the learner's graphs;
 * the learner's timed function is called once under the recorder (a session built inside it, a
   prefill in it, a session on more than one thread are seen directly), then the check times the
-  deployed decode graph and the float32 one itself, in interleaved rounds at one thread: the speed
+  deployed decode graph and the float32 one itself, in alternated rounds (blocks, order alternated) at one thread: the speed
   budget is relative to float32 on *this* CPU, so it holds on any CPU; a busy machine gets "re-run".
 """
 from __future__ import annotations
@@ -479,7 +479,7 @@ def _inspect_step(decode_step, decode_file: Path) -> int:
 
 
 def measure_decode(paths: dict, past: int) -> dict:
-    """Interleaved rounds (1 thread, batch 1) of one decode step after ``past`` held-out tokens, for each
+    """Alternated rounds (blocks, order alternated; 1 thread, batch 1) of one decode step after ``past`` held-out tokens, for each
     decode graph in ``paths`` (label -> (prefill path, decode path)): the check's own measurement."""
     import numpy as np
 
@@ -500,7 +500,7 @@ def check_speed(decode_step, decode_result, deployed, prefill_path, decode_path)
     """``decode_step``: a function of no arguments that runs one decode step of ``deployed['decode']`` at 1
     thread after :data:`CONTEXT` tokens (session and cache built outside); ``decode_result``: what
     ``dk.benchmark(decode_step, ..., threads=1, batch=1)`` returned. The check times the deployed and the
-    float32 decode graphs itself (interleaved rounds): the deployed step must take at most
+    float32 decode graphs itself (alternated rounds: blocks, order alternated): the deployed step must take at most
     :data:`SPEED_LIMIT` times the float32 step, and ``decode_result`` must agree with its measurement."""
     require_result(decode_step, "decode_step", "Exercise 5")
     require_result(decode_result, "decode_result", "Exercise 5")
