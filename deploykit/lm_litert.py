@@ -13,6 +13,9 @@ that is not the lesson:
   slots that are still empty. The prefill signature takes exactly ``N`` tokens (a shorter prompt is
   padded; the padding's cache slots are masked, then overwritten by decode) and returns no logits,
   so the prompt's last token goes through ``decode``, as LiteRT-LM does.
+* :func:`litert_lm_benchmark`: LiteRT-LM's **own** benchmark of a ``.litertlm`` (``litert_lm.Benchmark``,
+  the C++ engine timing its own prefill and decode), the figures to quote for LiteRT-LM, rather than
+  :class:`SignatureLM`'s Python loop over the same graphs;
 * :func:`convert_model`, :func:`quantize_model`, :func:`bundle_litertlm`: the conversion lecture 14
   prints and runs as a command, in a process of its own (the converter's memory is returned to the
   system when it ends, and the notebook's kernel never imports ``litert_torch``)::
@@ -27,6 +30,7 @@ import contextlib
 import io
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +136,101 @@ class SignatureLM:
             logits = self.step(tokens[-1])
 
 
-__all__ = ["SignatureLM", "bundle_litertlm", "convert_model", "quantize_model"]
+__all__ = ["LiteRTLMBenchmark", "SignatureLM", "bundle_litertlm", "convert_model", "litert_lm_benchmark",
+           "quantize_model"]
+
+
+@dataclass(frozen=True)
+class LiteRTLMBenchmark:
+    """LiteRT-LM's benchmark figures (``litert_lm.BenchmarkInfo``), as the engine reports them.
+
+    ``init_s``: creating the engine and the session (loading the ``.litertlm``, the tokenizer, the XNNPACK
+    graphs); ``ttft_s``: time to first token as the engine computes it, the prefill turn's duration plus
+    one mean decode step (``BenchmarkInfo::GetTimeToFirstToken``, ``runtime/engine/io_types.cc``);
+    ``prefill_tokens_per_s`` / ``decode_tokens_per_s``: the rates of the prefill and decode turns. With
+    ``repeats > 1`` each figure is the median over the runs (a fresh engine each), ``runs`` holds them all.
+    """
+
+    threads: int
+    init_s: float
+    ttft_s: float
+    prefill_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens: int
+    decode_tokens_per_s: float
+    runs: tuple = ()
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        return 1e3 / self.decode_tokens_per_s if self.decode_tokens_per_s > 0 else float("inf")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _benchmark_once(litert_lm, path: Path, prompt_tokens: int, decode_tokens: int, threads: int,
+                    max_num_tokens: int | None) -> LiteRTLMBenchmark:
+    from ._quiet import native_stderr_captured
+
+    benchmark = litert_lm.Benchmark(str(path), backend=litert_lm.Backend.CPU(thread_count=threads),
+                                    prefill_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                                    max_num_tokens=max_num_tokens, cache_dir=":nocache")
+    with native_stderr_captured() as log:
+        try:
+            info, failure = benchmark.run(), None
+        except RuntimeError as error:
+            info, failure = None, error
+    if failure is not None:
+        last = [line for line in log.text.splitlines() if line.strip()][-1:]
+        raise RuntimeError(f"LiteRT-LM's benchmark failed on {path.name}: {failure}"
+                           + (f"; its log ends: {last[0]}" if last else "")) from failure
+    # The engine does not raise when the cache is too small: it prefills nothing, or stops decoding early.
+    if info.last_prefill_token_count != prompt_tokens or info.last_decode_token_count != decode_tokens:
+        raise ValueError(f"LiteRT-LM prefilled {info.last_prefill_token_count} of {prompt_tokens} tokens and "
+                         f"decoded {info.last_decode_token_count} of {decode_tokens}: the prompt and the decoded "
+                         f"tokens must fit the KV cache ({max_num_tokens or 'the bundle'}'s max_num_tokens)")
+    return LiteRTLMBenchmark(threads, float(info.init_time_in_second), float(info.time_to_first_token_in_second),
+                             int(info.last_prefill_token_count), float(info.last_prefill_tokens_per_second),
+                             int(info.last_decode_token_count), float(info.last_decode_tokens_per_second))
+
+
+def litert_lm_benchmark(litertlm_path, prompt_tokens: int = 32, decode_tokens: int = 32, threads: int = 1, *,
+                        repeats: int = 1, max_num_tokens: int | None = None) -> LiteRTLMBenchmark:
+    """LiteRT-LM's own benchmark of a ``.litertlm`` bundle on the CPU: ``litert_lm.Benchmark(...).run()``.
+
+    The engine runs in benchmark mode (``litert_lm_engine_settings_enable_benchmark``): it prefills a
+    prompt of ``prompt_tokens`` tokens (it makes them up; the benchmark's text is not used), then decodes
+    exactly ``decode_tokens`` tokens, timing both in C++. A prompt longer than the model's prefill
+    signature is prefilled in chunks by the engine (``GetOptimizedPrefillWorkGroups``). ``threads``: the
+    CPU backend's ``thread_count``. ``repeats``: runs, each with a fresh engine; the figures are their
+    medians. ``max_num_tokens``: the KV cache positions (default: the bundle's ``LlmMetadata``); the prompt
+    plus the decoded tokens must fit (checked after the run too: the engine itself does not raise). No
+    compiled-weights cache file is written next to the model (``cache_dir=":nocache"``). The engine's log
+    lines are kept off the console; a failure raises with the last one.
+    """
+    path = Path(litertlm_path)
+    if path.suffix != ".litertlm" or not path.is_file():
+        raise FileNotFoundError(f"expected a LiteRT-LM bundle (.litertlm file, see bundle_litertlm), "
+                                f"got {litertlm_path!s}" + ("" if path.is_file() else " (no such file)"))
+    prompt_tokens = _positive_int("prompt_tokens", prompt_tokens)
+    decode_tokens = _positive_int("decode_tokens", decode_tokens)
+    threads, repeats = _positive_int("threads", threads), _positive_int("repeats", repeats)
+    if max_num_tokens is not None:
+        max_num_tokens = _positive_int("max_num_tokens", max_num_tokens)
+        if prompt_tokens + decode_tokens > max_num_tokens:
+            raise ValueError(f"prompt_tokens + decode_tokens ({prompt_tokens} + {decode_tokens}) exceed "
+                             f"max_num_tokens ({max_num_tokens}): the KV cache cannot hold them")
+    import litert_lm
+
+    runs = tuple(_benchmark_once(litert_lm, path, prompt_tokens, decode_tokens, threads, max_num_tokens)
+                 for _ in range(repeats))
+    med = {name: float(np.median([getattr(r, name) for r in runs]))
+           for name in ("init_s", "ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s")}
+    return LiteRTLMBenchmark(threads, med["init_s"], med["ttft_s"], prompt_tokens, med["prefill_tokens_per_s"],
+                             decode_tokens, med["decode_tokens_per_s"], runs)
 
 
 def convert_model(folder, *, prefill: int = 32, cache: int = 256) -> Path:
