@@ -447,11 +447,38 @@ def l3_cache_bytes(default: int = 32 * 2**20) -> int:
     return sizes[max(sizes)] if sizes else default
 
 
+#: All arrays of one bandwidth test together stay within this (a notebook's budget is 2 GB).
+STREAM_MAX_BYTES = 2**30
+
+
+def stream_arrays(kernel: str) -> int:
+    """How many arrays a STREAM kernel touches: ``copy`` 2 (a[:] = b), ``triad`` 3 (a = b + 3 c)."""
+    if kernel not in ("copy", "triad"):
+        raise ValueError(f"stream_bandwidth expected kernel 'copy' or 'triad', got {kernel!r}")
+    return 2 if kernel == "copy" else 3
+
+
+def stream_array_bytes(kernel: str = "triad") -> int:
+    """The default array size of :func:`stream_bandwidth`: 4x the largest cache, so that the data comes
+    from memory, but all the kernel's arrays together at most :data:`STREAM_MAX_BYTES`. On a CPU whose
+    cache is larger than a quarter of that, the arrays are less than 4x the cache:
+    :func:`stream_working_set_ratio` says by how much the test exceeds the cache."""
+    return min(4 * l3_cache_bytes(), STREAM_MAX_BYTES // stream_arrays(kernel)) // 64 * 64
+
+
+def stream_working_set_ratio(kernel: str = "triad", array_bytes: int | None = None) -> float:
+    """All arrays of one test over the largest cache: above about 2 the figure is memory's, near 1 or
+    below it is (partly) the cache's, an upper bound on memory bandwidth."""
+    size = array_bytes or stream_array_bytes(kernel)
+    return stream_arrays(kernel) * size / l3_cache_bytes()
+
+
 def stream_bandwidth(kernel: str = "triad", *, array_bytes: int | None = None, repeats: int = 7,
                      lib: str = "torch") -> float:
     """STREAM-like memory bandwidth in GB/s (10^9 bytes/s): the median of ``repeats`` timed passes
-    over arrays of ``array_bytes`` each (default: 4x the largest cache, at most 128 MiB, so the
-    data comes from memory). ``copy``: a[:] = b, 2 arrays moved; ``triad``: a = b + 3 c, 3 arrays moved (write
+    over arrays of ``array_bytes`` each (default :func:`stream_array_bytes`: 4x the largest cache
+    within 1 GiB for all arrays, so the data comes from memory; :func:`stream_working_set_ratio`
+    says how far beyond the cache a test went). ``copy``: a[:] = b, 2 arrays moved; ``triad``: a = b + 3 c, 3 arrays moved (write
     allocation not counted, as in STREAM). ``lib="torch"`` uses ``torch.set_num_threads`` threads
     (set it yourself); ``lib="numpy"`` runs on one thread and has only ``copy`` (NumPy has no
     one-pass triad).
@@ -466,16 +493,20 @@ def stream_bandwidth(kernel: str = "triad", *, array_bytes: int | None = None, r
         raise ValueError(f"repeats expected an int >= 1, got {repeats!r}")
     import numpy as np
 
-    n = (array_bytes or min(4 * l3_cache_bytes(), 2**27)) // 4
-    a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.full(n, 2.0, np.float32)
+    n = (array_bytes or stream_array_bytes(kernel)) // 4
+    a, b = np.zeros(n, np.float32), np.ones(n, np.float32)
     if lib == "numpy":
         fn = lambda: np.copyto(a, b)  # noqa: E731
     else:
         import torch
 
-        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
-        fn = (lambda: ta.copy_(tb)) if kernel == "copy" else (lambda: torch.add(tb, tc, alpha=3.0, out=ta))  # noqa: E731
-    moved = (2 if kernel == "copy" else 3) * n * 4
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        if kernel == "copy":
+            fn = lambda: ta.copy_(tb)  # noqa: E731
+        else:
+            tc = torch.full((n,), 2.0)  # the third array only where the kernel reads it
+            fn = lambda: torch.add(tb, tc, alpha=3.0, out=ta)  # noqa: E731
+    moved = stream_arrays(kernel) * n * 4
     fn()  # touch every page once
     times = []
     for _ in range(repeats):

@@ -62,6 +62,20 @@ def test_benchmark_rounds_refuses_bad_arguments():
             benchmark_rounds({"a": lambda: None}, **bad)
 
 
+def test_stream_arrays_exceed_the_cache_within_the_memory_budget(monkeypatch):
+    from deploykit import bench
+
+    monkeypatch.setattr(bench, "l3_cache_bytes", lambda default=0: 32 * 2**20)  # a 32 MiB L3
+    assert bench.stream_array_bytes("copy") == bench.stream_array_bytes("triad") == 128 * 2**20
+    assert bench.stream_working_set_ratio("copy") == 8.0
+    monkeypatch.setattr(bench, "l3_cache_bytes", lambda default=0: 480 * 2**20)  # a server's 480 MiB L3
+    assert bench.stream_arrays("copy") * bench.stream_array_bytes("copy") <= bench.STREAM_MAX_BYTES
+    assert bench.stream_arrays("triad") * bench.stream_array_bytes("triad") <= bench.STREAM_MAX_BYTES
+    assert 2.0 < bench.stream_working_set_ratio("copy") < 2.2  # beyond the cache, by less than 4x: said, not hidden
+    with pytest.raises(ValueError, match="'copy' or 'triad'"):
+        bench.stream_arrays("scale")
+
+
 def test_stream_bandwidth_is_positive_and_validates():
     assert l3_cache_bytes() > 0
     for kernel in ("copy", "triad"):

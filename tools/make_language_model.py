@@ -2,10 +2,11 @@
 """Maintainers only: retrain the course's language model shipped in deploykit/assets/pydoc_lm/.
 
 Trains a byte-level BPE tokenizer (``tokenizers``) and a small ``LlamaForCausalLM`` (4 layers,
-hidden 256, 4 query heads, 2 key/value heads) on Python's documentation (``pydoc_data.topics``,
-without the held-out topics of ``deploykit.language_model``), then writes ``config.json``,
-``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and ``tokenizer_config.json``
-into the package and the new SHA-256 table into ``deploykit/language_model.py``. Lectures 13-14 and
+hidden 256, 4 query heads, 2 key/value heads) on Python 3.11's documentation (``pydoc_data.topics``)
+split by ``deploykit.language_model.split_documents`` (held-out topics, and every training paragraph
+sharing a 12-word run with them dropped), then writes ``config.json``, ``generation_config.json``,
+``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``, ``training.txt`` and
+``held_out.txt`` into the package and the new SHA-256 table into ``deploykit/language_model.py``. Lectures 13-14 and
 lab 10 deploy these files: after running it, re-execute them and review every changed output.
 A few minutes on 2 cores; it loads every core, so wrap it:
 
@@ -54,6 +55,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=lm.LM_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     target = args.out
+    if sys.version_info[:2] != (3, 11):
+        print(f"the shipped split is Python 3.11's pydoc_data; this is Python {sys.version.split()[0]}: "
+              "run the tool with Python 3.11 (the course's .venv)")
+        return 1
     if (target / "model.safetensors").exists() and not args.force:
         print(f"{target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} exists; "
               "pass --force to replace it (a copy is kept in artifacts/)")
@@ -66,13 +71,18 @@ def main(argv=None) -> int:
     torch.manual_seed(TRAIN_CONFIG["seed"])
     torch.set_num_threads(max(1, torch.get_num_threads()))
     topics = lm._topics()
-    train_docs = [topics[name] for name in lm.training_topics()]
+    training, held_docs = lm.split_documents(topics)
+    train_docs = list(training.values())
+    dropped = sum(len(topics[name]) for name in topics if name not in held_docs) - sum(map(len, train_docs))
+    print(f"split: {len(held_docs)} held-out topics ({sum(map(len, held_docs.values()))} characters); "
+          f"{len(train_docs)} training topics, {dropped} characters of their paragraphs dropped for sharing "
+          f"a {lm.NGRAM_WORDS}-word run with the held-out text", flush=True)
     raw = train_tokenizer(train_docs)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=lm.END_OF_TEXT, eos_token=lm.END_OF_TEXT,
                                         unk_token=None)
     eot = raw.token_to_id(lm.END_OF_TEXT)
     ids = np.concatenate([np.array([eot] + raw.encode(doc).ids, dtype=np.int64) for doc in train_docs])
-    held = np.array(tokenizer(lm.held_out_text(live=True), verbose=False)["input_ids"], dtype=np.int64)
+    held = np.array(tokenizer(lm.join_documents(held_docs), verbose=False)["input_ids"], dtype=np.int64)
     print(f"tokenizer: {raw.get_vocab_size()} tokens; training text {len(ids)} tokens, held out {len(held)} tokens "
           f"({', '.join(lm.held_out_topics())})", flush=True)
 
@@ -122,7 +132,8 @@ def main(argv=None) -> int:
     model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, do_sample=False)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
-    (target / "held_out.txt").write_text(lm.held_out_text(live=True), encoding="utf-8")
+    (target / "held_out.txt").write_text(lm.join_documents(held_docs), encoding="utf-8")
+    (target / "training.txt").write_text(lm.join_documents(training), encoding="utf-8")
     for extra in set(p.name for p in target.iterdir()) - set(lm.LM_SHA256):
         (target / extra).unlink()  # nothing unlisted ships (e.g. special_tokens_map.json)
 
