@@ -1,26 +1,85 @@
 """Lab 10 checks: a right answer passes; each wrong attempt gets its hint, not a pass."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 import deploykit as dk
 from deploykit import language_model as lm
 from deploykit.bench import BenchResult, RoundsResult
 from deploykit.checks import lab10
+from deploykit.lm_graphs import OUTPUTS
 
 
 def outcome(capsys) -> str:
     return capsys.readouterr().out.strip()
 
 
+def quantised(path, name: str, **settings):
+    """A MatMulNBits copy of ``path`` with ``settings`` (bits, block_size, accuracy_level, is_symmetric), next to it
+    (reused)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    out = path.with_name(f"{path.stem}_{name}.onnx")
+    if not out.exists():
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), **{"is_symmetric": True, **settings})
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return out
+
+
+def edited(path, out, edit):
+    """A copy of the graph at ``path`` changed by ``edit(model)``, saved as ``out``."""
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def scales_times(factor):
+    """Multiply the scales of every MatMulNBits node: the same operators and settings, other weights."""
+    def edit(model):
+        scales = {node.input[2] for node in model.graph.node if node.op_type == "MatMulNBits"}
+        for tensor in model.graph.initializer:
+            if tensor.name in scales:
+                changed = numpy_helper.to_array(tensor) * np.float32(factor)
+                tensor.CopyFrom(numpy_helper.from_array(changed, tensor.name))
+    return edit
+
+
+def embedding_stored_twice(model):
+    """The shared embedding stored a second time, for the Gather alone: the output layer reads one copy whole,
+    the embedding lookup one row of the other."""
+    shared = next(t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] > 1000)
+    copy = numpy_helper.from_array(numpy_helper.to_array(shared), "embedding_copy")
+    model.graph.initializer.append(copy)
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == shared.name)
+    gather.input[0] = "embedding_copy"
+
+
 @pytest.fixture(scope="module")
-def graphs():
-    """float32 and int4 (block 32) prefill/decode graphs (exported once, cached in artifacts/lab10/)."""
+def graphs(tmp_path_factory):
+    """float32 and int4 (block 32) prefill/decode graphs (exported once, cached in artifacts/lab10/), and decode
+    graphs that differ from the int4 one: in a setting (block 128, accuracy level 4, 8 bits), in their weights
+    (same settings, scales changed), or in how the file stores them (the embedding twice)."""
     prefill, decode = lab10.reference_graphs()
-    return {"prefill": prefill, "decode": decode, "int4": {"prefill": lab10.int4_graph(prefill),
-                                                           "decode": lab10.int4_graph(decode)}}
+    int4 = {"prefill": lab10.int4_graph(prefill), "decode": lab10.int4_graph(decode)}
+    folder = tmp_path_factory.mktemp("lab10")
+    other = {"block128": lab10.int4_graph(decode, 128),
+             "accuracy4": quantised(decode, "int4_block32_accuracy4", block_size=32, accuracy_level=4),
+             "bits8": quantised(decode, "int8_nbits_block32", bits=8, block_size=32),
+             "asymmetric": quantised(decode, "int4_block32_asymmetric", block_size=32, is_symmetric=False),
+             "scales": edited(int4["decode"], folder / "scales.onnx", scales_times(1.5)),
+             "negated": edited(int4["decode"], folder / "negated.onnx", scales_times(-1.0))}
+    twice = {"prefill": edited(int4["prefill"], folder / "twice_prefill.onnx", embedding_stored_twice),
+             "decode": edited(int4["decode"], folder / "twice_decode.onnx", embedding_stored_twice)}
+    return {"prefill": prefill, "decode": decode, "int4": int4, "other": other, "twice": twice}
 
 
 def session(path, threads=1):
@@ -40,6 +99,46 @@ def generate(prompt, n_new, prefill, decode):
             break
         logits, keys, values = decode.run(None, {"input_ids": np.array([[tokens[-1]]]), "past_keys": keys,
                                                  "past_values": values})
+    return tokens
+
+
+def generate_iobinding(prompt, n_new, prefill, decode):
+    # Right, and the usual way to avoid copying the cache: IOBinding, the outputs fed back as OrtValues.
+    first = prefill.io_binding()
+    first.bind_cpu_input("input_ids", prompt)
+    for name in OUTPUTS:
+        first.bind_output(name)
+    prefill.run_with_iobinding(first)
+    logits, keys, values = first.get_outputs()
+    step = decode.io_binding()
+    tokens = []
+    for _ in range(n_new):
+        tokens.append(int(logits.numpy()[0, -1].argmax()))
+        if len(tokens) == n_new:
+            break
+        step.bind_cpu_input("input_ids", np.array([[tokens[-1]]], dtype=np.int64))
+        step.bind_ortvalue_input("past_keys", keys)
+        step.bind_ortvalue_input("past_values", values)
+        for name in OUTPUTS:   # bound afresh: the cache grows by one position per step
+            step.bind_output(name)
+        decode.run_with_iobinding(step)
+        logits, keys, values = step.get_outputs()
+    return tokens
+
+
+def generate_iobinding_stale_cache(prompt, n_new, prefill, decode):
+    # IOBinding with the prompt's cache bound once and never rebound.
+    logits, keys, values = prefill.run(None, {"input_ids": prompt})
+    step = decode.io_binding()
+    step.bind_cpu_input("past_keys", keys)
+    step.bind_cpu_input("past_values", values)
+    tokens = [int(logits[0, -1].argmax())]
+    while len(tokens) < n_new:
+        step.bind_cpu_input("input_ids", np.array([[tokens[-1]]], dtype=np.int64))
+        for name in OUTPUTS:
+            step.bind_output(name)
+        decode.run_with_iobinding(step)
+        tokens.append(int(step.copy_outputs_to_cpu()[0][0, -1].argmax()))
     return tokens
 
 
@@ -67,6 +166,12 @@ def generate_off_by_one(prompt, n_new, prefill, decode):
     return generate(prompt, n_new + 1, prefill, decode)[1:]
 
 
+def generate_returns_pytorch_tokens(prompt, n_new, prefill, decode):
+    # Runs the sessions the right way, then returns PyTorch's tokens (copied) instead of its own.
+    generate(prompt, n_new, prefill, decode)
+    return list(lab10.reference().tokens[:n_new])
+
+
 def test_recording_sees_feeds_and_sessions(graphs):
     with lab10.recording() as seen:
         s = session(graphs["prefill"])
@@ -75,6 +180,32 @@ def test_recording_sees_feeds_and_sessions(graphs):
     assert ort.InferenceSession.__init__ is not None and len(seen.calls) == 1  # restored: nothing more recorded
     session(graphs["prefill"]).run(None, {"input_ids": np.array([[1, 2]])})
     assert len(seen.calls) == 1
+
+
+def test_recording_sees_iobinding_runs(graphs):
+    # A binding made before the recording and one made inside it: both runs are seen, feeds and outputs.
+    s = session(graphs["prefill"])
+    before = s.io_binding()
+    before.bind_cpu_input("input_ids", np.array([[1, 2, 3]], dtype=np.int64))
+    before.bind_output("present_keys")
+    with lab10.recording() as seen:
+        s.run_with_iobinding(before)
+        inside = s.io_binding()
+        inside.bind_cpu_input("input_ids", np.array([[4, 5]], dtype=np.int64))
+        for name in OUTPUTS:
+            inside.bind_output(name)
+        s.run_with_iobinding(inside)
+    assert [c.feed["input_ids"].tolist() for c in seen.calls] == [[[1, 2, 3]], [[4, 5]]]
+    assert list(seen.calls[0].outputs) == ["present_keys"] and seen.calls[0].outputs["present_keys"].shape[3] == 3
+    assert list(seen.calls[1].outputs) == OUTPUTS and seen.calls[1].outputs["present_values"].shape[3] == 2
+
+
+def test_light_recording_keeps_the_first_call_only(graphs):
+    s = session(graphs["prefill"])
+    with lab10.recording(light=True) as seen:
+        for n in (3, 4):
+            s.run(None, {"input_ids": np.arange(n)[None]})
+    assert seen.calls[0].kept and not seen.calls[1].kept and seen.calls[1].shapes["input_ids"] == (1, 4)
 
 
 # --- Exercise 1
@@ -86,8 +217,6 @@ def test_export_right(graphs, capsys):
 
 def test_static_export_is_caught(tmp_path, capsys, graphs):
     # A graph with the example's length baked in: input_ids (1, 16).
-    import onnx
-
     model = onnx.load(str(graphs["prefill"]))
     for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 16)):
         dim.dim_value = value
@@ -111,6 +240,14 @@ def test_generation_right(graphs, capsys):
     assert outcome(capsys).startswith("[PASS]")
 
 
+def test_generation_with_iobinding_passes(graphs, capsys):
+    # The cache bound as OrtValues, never copied through NumPy: a right loop, seen through run_with_iobinding.
+    assert lab10.check_generation(generate_iobinding, graphs["prefill"], graphs["decode"])
+    assert outcome(capsys).startswith("[PASS]")
+    assert not lab10.check_generation(generate_iobinding_stale_cache, graphs["prefill"], graphs["decode"])
+    assert "not the present_keys the previous call returned" in outcome(capsys)
+
+
 def test_cache_returned_but_never_fed_back(graphs, capsys):
     # Right tokens (the loop is correct, only quadratic): caught by what it feeds the sessions.
     tokens = generate_cache_never_fed_back(lab10.reference().prompt_ids, lab10.N_NEW, session(graphs["prefill"]), None)
@@ -124,7 +261,7 @@ def test_stale_cache_and_wrong_tokens(graphs, capsys):
     assert not lab10.check_generation(generate_stale_cache, graphs["prefill"], graphs["decode"])
     assert "not the present_keys the previous call returned" in outcome(capsys)
     assert not lab10.check_generation(generate_off_by_one, graphs["prefill"], graphs["decode"])
-    assert "differ from PyTorch's" in outcome(capsys)
+    assert "not the argmax" in outcome(capsys)
 
 
 # --- Exercise 3
@@ -133,6 +270,8 @@ def test_budget_right(graphs, capsys):
     ppl_fp32, ppl_int4 = (lab10.held_out_perplexity(graphs[k] if k else graphs["int4"]["prefill"]) for k in ("prefill", None))
     assert lab10.check_budget(graphs["int4"], graphs["prefill"], ppl_fp32, ppl_int4)
     assert outcome(capsys).startswith("[PASS]")
+    measured = lab10.decode_pass(graphs["int4"]["prefill"], graphs["int4"]["decode"])
+    assert measured.ratio < 1 + lab10.DECODE_PPL_RTOL / 4   # the same quantised weights: the same predictions
 
 
 def test_float32_is_over_the_size_budget(graphs, capsys):
@@ -165,20 +304,78 @@ def test_mixed_precision_deployment_is_caught(graphs, capsys):
     assert "same precision" in outcome(capsys)
 
 
+@pytest.mark.parametrize("variant, shown", [("block128", "block_size=128"), ("accuracy4", "accuracy_level=4"),
+                                            ("bits8", "bits=8")])
+def test_same_operators_other_settings_are_caught(graphs, capsys, variant, shown):
+    # MatMulNBits on both graphs, but another block size, accuracy level or bit width on decode: operator
+    # types alone cannot tell them apart, the quantisation's attributes do.
+    deployed = {"prefill": graphs["int4"]["prefill"], "decode": graphs["other"][variant]}
+    for check in (lambda: lab10.check_budget(deployed, graphs["prefill"], 45.0, 45.0),
+                  lambda: lab10.check_parity(generate, deployed, 0, None)):
+        assert not check()
+        text = outcome(capsys)
+        assert "not quantised the same way" in text and shown in text and "block_size=32" in text
+
+
+def test_symmetric_and_asymmetric_are_caught(graphs, capsys):
+    # Zero points on decode only (is_symmetric=False): the same operators and attributes, other stored weights.
+    deployed = {"prefill": graphs["int4"]["prefill"], "decode": graphs["other"]["asymmetric"]}
+    assert not lab10.check_budget(deployed, graphs["prefill"], 45.0, 45.0)
+    text = outcome(capsys)
+    assert "not quantised the same way" in text and "symmetric" in text and "with zero points" in text
+
+
+def test_broken_decode_graph_fails_the_budget(graphs, capsys):
+    # The same operators and settings on both graphs, but decode computes another model (its scales changed):
+    # the prefill graph's perplexity is within budget, the decode graph's quality is measured too.
+    deployed = {"prefill": graphs["int4"]["prefill"], "decode": graphs["other"]["scales"]}
+    assert lab10._quantisation(deployed["prefill"]) == lab10._quantisation(deployed["decode"])
+    ppl_fp32, ppl_int4 = lab10.held_out_perplexity(graphs["prefill"]), lab10.held_out_perplexity(deployed["prefill"])
+    assert not lab10.check_budget(deployed, graphs["prefill"], ppl_fp32, ppl_int4)
+    assert "the deployed decode graph, fed held-out text one token at a time" in outcome(capsys)
+
+
 # --- Exercise 4
 
-def test_parity_right(graphs, capsys):
+def parity_values(deployed, threads=1):
     ref = lab10.reference()
-    tokens = generate(ref.prompt_ids, lab10.N_NEW, session(graphs["int4"]["prefill"]), session(graphs["int4"]["decode"]))
+    tokens = generate(ref.prompt_ids, lab10.N_NEW, session(deployed["prefill"], threads),
+                      session(deployed["decode"], threads))
     same = lab10._leading_same(tokens, ref.tokens)
-    margin = None if same >= ref.decided else float(ref.margins[same])
+    return same, (None if same >= ref.decided else float(ref.margins[same]))
+
+
+def test_parity_right(graphs, capsys):
+    same, margin = parity_values(graphs["int4"])
     assert lab10.check_parity(generate, graphs["int4"], same, margin)
     assert outcome(capsys).startswith("[PASS]")
+    assert lab10.check_parity(generate_iobinding, graphs["int4"], same, margin)
+    assert outcome(capsys).startswith("[PASS]")
+    bound, _ = lab10.deployed_decided(graphs["int4"]["prefill"], graphs["int4"]["decode"])
+    assert same >= min(bound, lab10.reference().decided)   # the bound the solution meets
+    assert not lab10.check_parity(generate, graphs["int4"], same + 1, margin)
+    assert "leading tokens" in outcome(capsys)
     if margin is not None:  # the int4 kernels of this CPU leave PyTorch's tokens somewhere
-        assert not lab10.check_parity(generate, graphs["int4"], same + 1, margin)
-        assert "leading tokens" in outcome(capsys)
         assert not lab10.check_parity(generate, graphs["int4"], same, None)
         assert "margin_at_divergence" in outcome(capsys)
+        assert not lab10.check_parity(generate, graphs["int4"], same, round(margin * 2, 3))
+        assert "margins" in outcome(capsys)
+    else:
+        assert not lab10.check_parity(generate, graphs["int4"], same, 0.5)
+        assert "None" in outcome(capsys)
+
+
+def test_typed_full_parity_is_caught(graphs, capsys):
+    # "Every token agrees" typed in, where the deployed loop leaves PyTorch's tokens (or the other way round).
+    same, _ = parity_values(graphs["int4"])
+    typed = lab10.N_NEW if same < lab10.N_NEW else 0
+    assert not lab10.check_parity(generate, graphs["int4"], typed, None)
+    assert "leading tokens" in outcome(capsys)
+
+
+def test_loop_returning_pytorch_tokens_is_caught(graphs, capsys):
+    assert not lab10.check_parity(generate_returns_pytorch_tokens, graphs["int4"], lab10.N_NEW, None)
+    assert "not the argmax" in outcome(capsys)
 
 
 def test_float32_parity_has_no_divergence(graphs, capsys):
@@ -188,7 +385,27 @@ def test_float32_parity_has_no_divergence(graphs, capsys):
     assert lab10.check_parity(generate, deployed, lab10.N_NEW, None)
 
 
-# --- Exercise 5: the learner's timed function, seen by the recorder
+def test_broken_decode_graph_fails_parity(graphs, capsys):
+    # A decode graph with the deployment's settings that computes another model: the learner's figures are
+    # right for it, the check still refuses it.
+    deployed = {"prefill": graphs["int4"]["prefill"], "decode": graphs["other"]["negated"]}
+    same, margin = parity_values(deployed)
+    assert not lab10.check_parity(generate, deployed, same, margin)
+    assert "predicts it worse than the prefill graph" in outcome(capsys)
+
+
+def test_parity_bound_on_its_own(graphs, monkeypatch, capsys):
+    # Even where the held-out measurement were fooled, the tokens leave PyTorch's at a step the deployment decides.
+    deployed = {"prefill": graphs["int4"]["prefill"], "decode": graphs["other"]["negated"]}
+    same, margin = parity_values(deployed)
+    bound, _ = lab10.deployed_decided(graphs["int4"]["prefill"], graphs["int4"]["decode"])
+    assert same < min(bound, lab10.reference().decided), "the broken graph should leave PyTorch's tokens early"
+    monkeypatch.setattr(lab10, "decode_pass", lambda *paths: lab10.DecodePass(10.0, 10.0, 0.0))
+    assert not lab10.check_parity(generate, deployed, same, margin)
+    assert "a step the deployment decides" in outcome(capsys)
+
+
+# --- Exercise 5: the learner's timed function, and the recording of its timing
 
 def cache_after(prefill_path, past=lab10.CONTEXT):
     ids = np.array([lab10.reference().held_ids[:past + 1]], dtype=np.int64)
@@ -196,14 +413,32 @@ def cache_after(prefill_path, past=lab10.CONTEXT):
     return {"input_ids": ids[:, past:past + 1], "past_keys": keys, "past_values": values}, ids
 
 
-def right_step(graphs, threads=1):
-    decode = session(graphs["int4"]["decode"], threads)
-    feed, _ = cache_after(graphs["int4"]["prefill"])
+def right_step(graphs, threads=1, graph="decode", past=lab10.CONTEXT):
+    decode = session(graphs["int4"][graph] if graph in graphs["int4"] else graph, threads)
+    feed, _ = cache_after(graphs["int4"]["prefill"], past)
     return lambda: decode.run(None, feed)
 
 
-def bench(fn, threads=1):
-    return dk.benchmark(fn, warmup=5, repeats=30, threads=threads, batch=1)
+def iobinding_step(graphs):
+    decode = session(graphs["int4"]["decode"])
+    feed, _ = cache_after(graphs["int4"]["prefill"])
+    binding = decode.io_binding()
+    for name, value in feed.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in OUTPUTS:
+        binding.bind_output(name)
+    return lambda: decode.run_with_iobinding(binding)
+
+
+def bench(fn, threads=1, warmup=5, repeats=30):
+    return dk.benchmark(fn, warmup=warmup, repeats=repeats, threads=threads, batch=1)
+
+
+def timed(fn, threads=1, warmup=5, repeats=30):
+    """What the lab asks: dk.benchmark inside the recording; (result, recording)."""
+    with lab10.recording(light=True) as calls:
+        result = bench(fn, threads, warmup, repeats)
+    return result, calls
 
 
 def fixed(median, threads=1, p90=None):
@@ -226,64 +461,116 @@ def speed_args(graphs):
     return graphs["int4"], graphs["prefill"], graphs["decode"]
 
 
+def with_recording(fn, median=1.1, threads=1):
+    """A recording of fn timed the way fixed() counts (5 warm-up, 30 runs), beside a fixed result."""
+    _, calls = timed(fn)
+    return fixed(median, threads), calls
+
+
 def test_speed_right_structural(graphs, measured_here, capsys):
-    assert lab10.check_speed(right_step(graphs), fixed(1.1), *speed_args(graphs))
+    step = right_step(graphs)
+    assert lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
     assert outcome(capsys).startswith("[PASS]")
+
+
+def test_speed_with_iobinding_passes(graphs, measured_here, capsys):
+    # The binding made outside the timed function, as it should be: the recording still sees the feed.
+    step = iobinding_step(graphs)
+    assert lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_timing_not_recorded(graphs, measured_here, capsys):
+    step = right_step(graphs)
+    assert not lab10.check_speed(step, fixed(1.1), None, *speed_args(graphs))
+    assert "lab10.recording(light=True)" in outcome(capsys)
+    assert not lab10.check_speed(step, fixed(1.1), "timed", *speed_args(graphs))
+    assert "lab10.recording(light=True)" in outcome(capsys)
 
 
 def test_session_built_inside_the_timed_call(graphs, measured_here, capsys):
     feed, _ = cache_after(graphs["int4"]["prefill"])
     step = lambda: session(graphs["int4"]["decode"]).run(None, feed)  # noqa: E731
-    assert not lab10.check_speed(step, fixed(1.1), *speed_args(graphs))
-    assert "builds an InferenceSession" in outcome(capsys)
+    assert not lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
+    assert "InferenceSession was built while decode_step was timed" in outcome(capsys)
 
 
 def test_prefill_timed_as_decode(graphs, measured_here, capsys):
     prefill = session(graphs["int4"]["prefill"])
     _, ids = cache_after(graphs["int4"]["prefill"])
     step = lambda: prefill.run(None, {"input_ids": ids[:, :lab10.CONTEXT]})  # noqa: E731
-    assert not lab10.check_speed(step, fixed(1.1), *speed_args(graphs))
+    assert not lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
     assert "that is prefill" in outcome(capsys)
 
 
 def test_wrong_thread_count(graphs, measured_here, capsys):
-    assert not lab10.check_speed(right_step(graphs, threads=2), fixed(1.1), *speed_args(graphs))
+    step = right_step(graphs, threads=2)
+    assert not lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
     assert "intra_op_num_threads=2" in outcome(capsys)
-    assert not lab10.check_speed(right_step(graphs), fixed(1.1, threads=2), *speed_args(graphs))
+    step = right_step(graphs)
+    assert not lab10.check_speed(step, *with_recording(step, threads=2), *speed_args(graphs))
     assert "threads=2" in outcome(capsys)
 
 
-def test_float32_graph_timed_instead_of_the_deployed_one(graphs, measured_here, capsys):
-    decode = session(graphs["decode"])
-    feed, _ = cache_after(graphs["prefill"])
-    assert not lab10.check_speed(lambda: decode.run(None, feed), fixed(1.1), *speed_args(graphs))
-    assert "another graph" in outcome(capsys)
+def test_result_from_another_thread_count(graphs, measured_here, capsys):
+    # decode_step is right, but the result was timed on a 2-thread session and labelled 1 thread.
+    result, calls = timed(right_step(graphs, threads=2))
+    assert not lab10.check_speed(right_step(graphs), result, calls, *speed_args(graphs))
+    assert "intra_op_num_threads=2" in outcome(capsys)
 
 
-def test_step_after_a_short_text(graphs, measured_here, capsys):
-    decode = session(graphs["int4"]["decode"])
-    feed, _ = cache_after(graphs["int4"]["prefill"], past=8)
-    assert not lab10.check_speed(lambda: decode.run(None, feed), fixed(1.1), *speed_args(graphs))
-    assert "CONTEXT" in outcome(capsys)
+def test_result_from_another_graph(graphs, measured_here, capsys):
+    # decode_step is right, but the timing ran the float32 decode graph (or the int4 block-128 one).
+    for graph in (graphs["decode"], graphs["other"]["block128"]):
+        decode = session(graph)
+        feed, _ = cache_after(graphs["int4"]["prefill"])
+        result, calls = timed(lambda d=decode: d.run(None, feed))
+        assert not lab10.check_speed(right_step(graphs), result, calls, *speed_args(graphs))
+        assert "another graph than deployed['decode']" in outcome(capsys)
+
+
+def test_result_from_another_context(graphs, measured_here, capsys):
+    for past in (8, lab10.CONTEXT + 64):
+        step = right_step(graphs, past=past)
+        assert not lab10.check_speed(step, *with_recording(step), *speed_args(graphs))
+        text = outcome(capsys)
+        assert f"decodes after {past} tokens" in text and "lab10.CONTEXT" in text
+        result, calls = timed(step)
+        assert not lab10.check_speed(right_step(graphs), result, calls, *speed_args(graphs))
+        assert f"decodes after {past} tokens" in outcome(capsys)
+
+
+def test_result_from_another_run(graphs, measured_here, capsys):
+    # A recording of one timing, the result of another (other counts), or of another session than decode_step's.
+    step = right_step(graphs)
+    _, calls = timed(step)
+    assert not lab10.check_speed(step, bench(step, repeats=40), calls, *speed_args(graphs))
+    assert "not a result from another run" in outcome(capsys)
+    result, calls = timed(right_step(graphs))
+    assert not lab10.check_speed(step, result, calls, *speed_args(graphs))
+    assert "another session than the one decode_step runs" in outcome(capsys)
 
 
 def test_copied_or_typed_numbers(graphs, measured_here, capsys):
-    assert not lab10.check_speed(right_step(graphs), fixed(0.05), *speed_args(graphs))
+    step = right_step(graphs)
+    assert not lab10.check_speed(step, *with_recording(step, median=0.05), *speed_args(graphs))
     assert "never type or copy" in outcome(capsys)
-    assert not lab10.check_speed(right_step(graphs), fixed(30.0), *speed_args(graphs))
+    assert not lab10.check_speed(step, *with_recording(step, median=30.0), *speed_args(graphs))
     assert "never type or copy" in outcome(capsys)
 
 
 def test_slow_deployment_misses_the_speed_budget(graphs, measured_here, capsys):
     measured_here["deployed"] = 2.5   # 2x float32's 1.25 ms
-    assert not lab10.check_speed(right_step(graphs), fixed(2.6), *speed_args(graphs))
+    step = right_step(graphs)
+    assert not lab10.check_speed(step, *with_recording(step, median=2.6), *speed_args(graphs))
     assert "the float32 step here" in outcome(capsys)
 
 
 def test_busy_machine_says_re_run(graphs, monkeypatch, capsys):
     busy = RoundsResult("x", ((1.0,) * 20, (1.0,) * 20, (4.0,) * 20), 3, 1, 1)   # round medians 4x apart
     monkeypatch.setattr(lab10, "measure_decode", lambda paths, past: {"deployed": busy, "float32": rounds_of(1.0)})
-    assert not lab10.check_speed(right_step(graphs), fixed(20.0), *speed_args(graphs))
+    step = right_step(graphs)
+    assert not lab10.check_speed(step, *with_recording(step, median=20.0), *speed_args(graphs))
     text = outcome(capsys)
     assert "machine busy: re-run" in text and "never type" not in text
 
@@ -297,7 +584,7 @@ def test_blank_exercises_get_a_hint_naming_the_exercise(graphs, capsys):
     assert "Exercise 3" in outcome(capsys)
     assert not lab10.check_parity(generate, graphs["int4"], None, None)
     assert "Exercise 4" in outcome(capsys)
-    assert not lab10.check_speed(None, None, graphs["int4"], graphs["prefill"], graphs["decode"])
+    assert not lab10.check_speed(None, None, None, graphs["int4"], graphs["prefill"], graphs["decode"])
     assert "Exercise 5" in outcome(capsys)
     assert not lab10.check_explanation("", fixed(1.0), graphs["int4"], None, None, None)
     assert "Exercise 6" in outcome(capsys)
@@ -307,29 +594,56 @@ def test_blank_exercises_get_a_hint_naming_the_exercise(graphs, capsys):
 
 # --- Exercise 6
 
-def explanation_for(result, bandwidth, ceiling):
-    return (f"One decode step of the int4 graph runs at {1000 / result.median_ms:.0f} tokens/s on one thread. "
-            f"Memory delivers {bandwidth:.1f} GB/s here, so reading every weight once per token caps decoding at "
-            f"{ceiling:.0f} tokens/s. A model this small stays in the cache, so the fixed cost per node matters more "
-            "than the bytes it reads.")
+def explanation_for(result, bandwidth, nbytes, ceiling, side=None, why=None):
+    tokens_s = 1000 / result.median_ms
+    side = side or ("below" if tokens_s < ceiling else "above")
+    why = why or ("A model this small stays in the CPU's cache, so the fixed cost per node matters more than the "
+                  "bytes it reads.")
+    return (f"One decode step of the int4 graph runs at {tokens_s:.0f} tokens/s on one thread. "
+            f"Memory delivers {bandwidth:.1f} GB/s here, so reading the {nbytes / 1e6:.1f} MB of weights and KV cache "
+            f"once per token caps decoding at {ceiling:.0f} tokens/s, and the measurement is {side} that ceiling. "
+            + why)
 
 
 def explanation_args(graphs, bandwidth=12.0):
-    nbytes = lab10.weight_bytes(graphs["int4"]["decode"])
+    nbytes = lab10.step_bytes(graphs["int4"])
     return bandwidth, nbytes, bandwidth * 1e9 / nbytes
+
+
+def test_bytes_per_token_are_weights_and_cache(graphs):
+    feed, _ = cache_after(graphs["int4"]["prefill"])
+    cache = feed["past_keys"].nbytes + feed["past_values"].nbytes
+    assert lab10.step_bytes(graphs["int4"]) == lab10.weight_bytes(graphs["int4"]["decode"]) + cache
 
 
 def test_explanation_right(graphs, capsys):
     bandwidth, nbytes, ceiling = explanation_args(graphs)
     result = fixed(1.03)
-    assert lab10.check_explanation(explanation_for(result, bandwidth, ceiling), result, graphs["int4"], bandwidth,
+    assert lab10.check_explanation(explanation_for(result, bandwidth, nbytes, ceiling), result, graphs["int4"], bandwidth,
                                    nbytes, ceiling)
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_explanation_at_and_above_the_ceiling(graphs, capsys):
+    _, nbytes, _ = explanation_args(graphs)
+    result = fixed(1.0)   # 1000 tokens/s
+    for bandwidth, side in ((1.04 * nbytes / 1e6, "at"), (0.5 * nbytes / 1e6, "above")):
+        ceiling = bandwidth * 1e9 / nbytes
+        text = explanation_for(result, bandwidth, nbytes, ceiling, side=side)
+        assert lab10.check_explanation(text, result, graphs["int4"], bandwidth, nbytes, ceiling), side
+        assert outcome(capsys).startswith("[PASS]")
+    # at the ceiling, memory bandwidth is a reason; a fraction is a verdict
+    bandwidth = 1.04 * nbytes / 1e6
+    ceiling = bandwidth * 1e9 / nbytes
+    text = explanation_for(result, bandwidth, nbytes, ceiling, side=f"{1000 / ceiling:.0%} of",
+                           why="Each step waits for memory bandwidth, as the formula assumes.")
+    assert lab10.check_explanation(text, result, graphs["int4"], bandwidth, nbytes, ceiling)
     assert outcome(capsys).startswith("[PASS]")
 
 
 def test_explanation_with_copied_numbers_fails_after_a_rerun(graphs, capsys):
     bandwidth, nbytes, ceiling = explanation_args(graphs)
-    text = explanation_for(fixed(1.03), bandwidth, ceiling)
+    text = explanation_for(fixed(1.03), bandwidth, nbytes, ceiling)
     assert not lab10.check_explanation(text, fixed(1.31), graphs["int4"], bandwidth, nbytes, ceiling)
     assert "measured tokens/s" in outcome(capsys)
     bandwidth2, _, ceiling2 = explanation_args(graphs, bandwidth=9.0)
@@ -339,15 +653,76 @@ def test_explanation_with_copied_numbers_fails_after_a_rerun(graphs, capsys):
     assert "three sentences" in outcome(capsys)
 
 
+def test_typed_or_missing_verdict(graphs, capsys):
+    _, nbytes, _ = explanation_args(graphs)
+    result = fixed(1.0)
+    bandwidth = 0.5 * nbytes / 1e6            # the ceiling at half the measured tokens/s: above it
+    ceiling = bandwidth * 1e9 / nbytes
+    cases = {"below": "says the measurement is below", "below or above": "says the measurement is below",
+             "at": "at the ceiling", f"{0.45:.0%} of": "percentage", "compared with": "does not say whether"}
+    for side, hint in cases.items():
+        text = explanation_for(result, bandwidth, nbytes, ceiling, side=side)
+        assert not lab10.check_explanation(text, result, graphs["int4"], bandwidth, nbytes, ceiling), side
+        assert hint in outcome(capsys), side
+
+
+def test_a_reason_that_does_not_fit(graphs, capsys):
+    bandwidth, nbytes, ceiling = explanation_args(graphs)
+    result = fixed(1.03)
+    no_reason = "That is what the figures say, measured on this machine today."
+    assert not lab10.check_explanation(explanation_for(result, bandwidth, nbytes, ceiling, why=no_reason), result,
+                                       graphs["int4"], bandwidth, nbytes, ceiling)
+    assert "no reason" in outcome(capsys)
+    bandwidth = 0.5 * nbytes / 1e6   # above the ceiling: fixed costs cannot explain a step faster than memory allows
+    ceiling = bandwidth * 1e9 / nbytes
+    why = "The fixed overhead of each operator call adds up."
+    text = explanation_for(fixed(1.0), bandwidth, nbytes, ceiling, why=why)
+    assert not lab10.check_explanation(text, fixed(1.0), graphs["int4"], bandwidth, nbytes, ceiling)
+    assert "above the memory ceiling" in outcome(capsys)
+
+
 def test_explanation_wrong_bytes_or_ceiling(graphs, capsys):
     bandwidth, nbytes, ceiling = explanation_args(graphs)
-    fp32_bytes = lab10.weight_bytes(graphs["decode"])
-    text = explanation_for(fixed(1.03), bandwidth, bandwidth * 1e9 / fp32_bytes)
-    assert not lab10.check_explanation(text, fixed(1.03), graphs["int4"], bandwidth, fp32_bytes,
-                                       bandwidth * 1e9 / fp32_bytes)
-    assert "initializers" in outcome(capsys)
-    assert not lab10.check_explanation(text, fixed(1.03), graphs["int4"], bandwidth, nbytes, bandwidth / nbytes)
+    feed, _ = cache_after(graphs["int4"]["prefill"])
+    cache = feed["past_keys"].nbytes + feed["past_values"].nbytes
+    weights = lab10.weight_bytes(graphs["int4"]["decode"])
+    file_size = graphs["int4"]["decode"].stat().st_size
+    fp32 = lab10.weight_bytes(graphs["decode"]) + cache
+    for wrong, hint in ((weights, "but not the key/value cache"), (file_size, "the file's size"),
+                        (file_size + cache, "the file's size"), (fp32, "is not what one decode step")):
+        text = explanation_for(fixed(1.03), bandwidth, wrong, bandwidth * 1e9 / wrong)
+        assert not lab10.check_explanation(text, fixed(1.03), graphs["int4"], bandwidth, wrong, bandwidth * 1e9 / wrong)
+        text = outcome(capsys)
+        assert hint in text and "lab10.CONTEXT" in text
+    assert not lab10.check_explanation(explanation_for(fixed(1.03), bandwidth, nbytes, ceiling), fixed(1.03),
+                                       graphs["int4"], bandwidth, nbytes, bandwidth / nbytes)
     assert "x 1e9" in outcome(capsys)
+    # the cache after another context than lab10.CONTEXT
+    other = weights + 4 * cache
+    assert not lab10.check_explanation(explanation_for(fixed(1.03), bandwidth, other, bandwidth * 1e9 / other),
+                                       fixed(1.03), graphs["int4"], bandwidth, other, bandwidth * 1e9 / other)
+    assert "lab10.CONTEXT" in outcome(capsys)
+
+
+def test_a_table_stored_twice(graphs, capsys):
+    # The embedding stored twice (the output layer's copy read whole, the lookup's one row per token): the
+    # initializers' sum counts a table no step reads; the file holds it too.
+    deployed = graphs["twice"]
+    feed, _ = cache_after(graphs["int4"]["prefill"])
+    cache = feed["past_keys"].nbytes + feed["past_values"].nbytes
+    stored = lab10.weight_bytes(deployed["decode"]) + cache
+    right = lab10.step_bytes(deployed)
+    assert right < stored
+    bandwidth = 12.0
+    for nbytes, passes in ((right, True), (stored, False), (deployed["decode"].stat().st_size + cache, False)):
+        ceiling = bandwidth * 1e9 / nbytes
+        text = explanation_for(fixed(1.03), bandwidth, nbytes, ceiling)
+        assert bool(lab10.check_explanation(text, fixed(1.03), deployed, bandwidth, nbytes, ceiling)) is passes
+        assert outcome(capsys).startswith("[PASS]" if passes else "[HINT]")
+    ceiling = bandwidth * 1e9 / stored
+    lab10.check_explanation(explanation_for(fixed(1.03), bandwidth, stored, ceiling), fixed(1.03), deployed, bandwidth,
+                            stored, ceiling)
+    assert "only Gather reads" in outcome(capsys)
 
 
 # --- The check times the graphs itself
@@ -358,7 +733,7 @@ def test_a_correct_solution_passes_five_runs_in_a_row(graphs, capsys):
     verdicts = []
     for _ in range(5):
         step = right_step(graphs)
-        verdicts.append(bool(lab10.check_speed(step, bench(step), *speed_args(graphs))))
+        verdicts.append(bool(lab10.check_speed(step, *timed(step), *speed_args(graphs))))
     assert verdicts == [True] * 5, outcome(capsys)
 
 
@@ -376,7 +751,8 @@ def test_speed_budget_is_not_judged_on_an_emulated_cpu(graphs, measured_here, mo
     # make test-portable declares DEPLOYKIT_TIME_SCALE: emulation, not the kernels, sets the ratio there.
     measured_here["deployed"] = 2.5
     monkeypatch.setenv("DEPLOYKIT_TIME_SCALE", "50")
-    assert lab10.check_speed(right_step(graphs), fixed(2.6), *speed_args(graphs))
+    step = right_step(graphs)
+    assert lab10.check_speed(step, *with_recording(step, median=2.6), *speed_args(graphs))
     assert outcome(capsys).startswith("[PASS]")
 
 

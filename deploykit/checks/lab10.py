@@ -5,23 +5,35 @@ quantises, measures perplexity, times one decode step and explains it against th
 
 What the checks do not take on trust:
 
-* the generation loop runs under a recorder of ``InferenceSession.run`` (:func:`recording`): the check
-  sees every feed, so a cache that is returned but never fed back (prefill of the whole text at every
-  step: the right tokens in quadratic time) is caught by what the loop *does*, not by a timing;
+* the generation loop runs under a recorder of ONNX Runtime's run calls (:func:`recording`: ``run``,
+  ``run_with_iobinding`` and ``run_with_ort_values``): the check sees every feed and every output, so a
+  cache that is returned but never fed back (prefill of the whole text at every step: the right tokens in
+  quadratic time) is caught by what the loop *does*, and each returned token must be the argmax of the
+  logits its call returned;
 * tokens are compared with PyTorch's ``generate`` only while PyTorch's top-2 logit margin exceeds
-  :data:`MARGIN` (lecture 13's rule, true on any CPU);
+  :data:`MARGIN` (lecture 13's rule, true on any CPU); a quantised deployment may leave PyTorch's tokens
+  only at a step its own prefill graph, fed PyTorch's text, does not decide for PyTorch's token either;
+* both deployed graphs carry the same quantisation (operator types, ``bits``, ``block_size``,
+  ``accuracy_level``, which weights are quantised and how they are stored), and the decode graph's quality
+  is measured too: decoding held-out text token by token with the cache must predict it as well as the
+  deployed prefill graph does at the same positions;
 * perplexities are recomputed on ``lm.held_out_ids`` with the learner's graphs;
-* the learner's timed function is called once under the recorder (a session built inside it, a
-  prefill in it, a session on more than one thread are seen directly), then the check times the
-  deployed decode graph and the float32 one itself, in alternated rounds (blocks, order alternated) at one thread: the speed
-  budget is relative to float32 on *this* CPU, so it holds on any CPU; a busy machine gets "re-run".
+* the decode step is timed inside ``with recording(light=True) as timed_calls:``, so ``decode_result``
+  carries what it measured: which graph (recognised by its outputs), the cache length, the thread count,
+  the number of calls; then the check times the deployed decode graph and the float32 one itself, in
+  alternated rounds (blocks, order alternated) at one thread: the speed budget is relative to float32 on
+  *this* CPU, so it holds on any CPU; a busy machine gets "re-run";
+* the ceiling counts the bytes a decode step reads, the weights and the key/value cache after
+  :data:`CONTEXT` tokens, and the explanation's verdict (below, at or above the ceiling) must follow from
+  the learner's own figures, with a reason that can explain it.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,19 +46,38 @@ N_NEW = 40
 MARGIN = 0.01
 #: The decode step is timed after this many tokens of held-out text.
 CONTEXT = 256
-#: The budget. The solution's int4 (block 32) decode graph is 6.2 MB (float32: 14.2 MB) and its
-#: held-out perplexity +0.6% of float32's; its decode step 0.8x float32's on a 2-core Xeon.
+#: The budget: each shipped graph at most this size, its held-out perplexity at most this far above float32's.
 SIZE_BUDGET_MB = 8.0
 PERPLEXITY_MARGIN = 0.03
 #: The deployed decode step may take at most this multiple of the float32 step (re-measured here).
 SPEED_LIMIT = 1.5
 PERPLEXITY_WINDOW = 128
 PERPLEXITY_RTOL = 2e-3
+#: The decode graph's own quality: prefill DECODE_PAST held-out tokens with the deployed prefill graph, then
+#: decode the next DECODE_TOKENS one at a time with the cache; the decode graph's perplexity over them must be
+#: within DECODE_PPL_RTOL of the deployed prefill graph's at the same positions (the same quantised weights
+#: give the same predictions; dynamic int8 differs a little, since it scales the activations per call).
+DECODE_PAST, DECODE_TOKENS = 64, 192
+DECODE_PPL_RTOL = 0.01
+#: bytes_per_token against the bytes a decode step reads (weights + KV cache at CONTEXT).
+BYTES_RTOL = 0.02
+#: A ratio of measured to ceiling within this of 1 may be called "at" the ceiling.
+AT_CEILING = 0.1
 #: Against the check's own measurement of the same graph (round spread): as lab 08.
 SLOWER_LIMIT, FASTER_LIMIT = 4.0, 3.0
 MIN_WARMUP, MIN_REPEATS = 3, 20
 ROUNDS, ROUND_WARMUP, ROUND_REPEATS = 3, 3, 20
-QUANTISED_OPS = ("MatMulNBits", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "DequantizeLinear")
+#: Operators that carry a quantisation; a node with a weight of 8 bits or fewer counts as quantised too.
+QUANTISED_OPS = ("MatMulNBits", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "DequantizeLinear",
+                 "QuantizeLinear", "GatherBlockQuantized", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                 "QAttention", "QGemm")
+#: Attribute defaults, so that an attribute left out and one written with its default compare equal.
+_ATTRIBUTE_DEFAULTS = {"MatMulNBits": {"accuracy_level": 0, "bits": 4},
+                       "DequantizeLinear": {"axis": 1, "block_size": 0},
+                       "QuantizeLinear": {"axis": 1, "block_size": 0, "saturate": 1},
+                       "GatherBlockQuantized": {"bits": 4, "gather_axis": 0, "quantize_axis": 1}}
+#: Attributes that describe a quantisation's choice, shown in hints.
+_CHOICE_ATTRIBUTES = ("bits", "block_size", "accuracy_level", "axis")
 
 #: Why the check's own last speed measurement looked contended (tests read it).
 _LAST_BUSY: list = []
@@ -64,6 +95,13 @@ def session(path, threads: int = 1):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _version(path) -> tuple[str, float, int]:
+    """A key for caches of what a file holds: its resolved path, modification time and size."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return str(path), stat.st_mtime, stat.st_size
 
 
 # --- The PyTorch reference ------------------------------------------------------------------------
@@ -168,45 +206,172 @@ def int4_graph(path, block_size: int = 32) -> Path:
 @dataclass
 class Call:
     session: object
-    feed: dict
-    outputs: dict   # output name -> array, of what this call returned
+    feed: dict      # input name -> array (None where the check could not read it); empty when not kept
+    outputs: dict   # output name -> array, of what this call returned; empty when not kept
+    shapes: dict = field(default_factory=dict)   # input name -> shape, for every call
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.feed)
 
 
 @dataclass
 class Recording:
     calls: list
     sessions_built: int
+    light: bool = False
+
+
+def _array(value):
+    """A NumPy copy of a fed or returned value (an array or an ``OrtValue``), or None if unreadable."""
+    import numpy as np
+
+    try:
+        return np.array(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
+    except Exception:  # noqa: BLE001 - a value the check cannot read is recorded as unknown
+        return None
+
+
+def _shape(value) -> tuple | None:
+    shape = getattr(value, "shape", None)
+    if callable(shape):   # OrtValue.shape()
+        shape = shape()
+    return tuple(shape) if shape is not None else None
+
+
+def _bound(binding) -> tuple[dict, list]:
+    """What an ``IOBinding`` has bound: input name -> array / OrtValue / None (a raw pointer), output names in
+    order. From the recorder's own notes when the binding was made inside :func:`recording`, otherwise from
+    what ONNX Runtime's ``IOBinding`` keeps."""
+    notes = getattr(binding, "_deploykit_bound", None)
+    if notes is not None:
+        return dict(notes["inputs"]), list(notes["outputs"])
+    inputs = {}
+    arrays = getattr(binding, "_numpy_obj_references", {}) or {}
+    for name, value in (getattr(binding, "_bound_inputs", {}) or {}).items():
+        inputs[name] = value if value is not None else arrays.get(name)
+    return inputs, list(getattr(binding, "_bound_outputs", {}) or {})
 
 
 @contextlib.contextmanager
-def recording():
-    """Within the block, every ``InferenceSession.run`` (its feed and outputs) and every session built is
-    recorded: ``with recording() as seen: ...; seen.calls``."""
+def recording(light: bool = False):
+    """Within the block, every ONNX Runtime run (``run``, ``run_with_iobinding``, ``run_with_ort_values``: its
+    session, feed and outputs) and every session built is recorded: ``with recording() as seen: ...;
+    seen.calls``. ``light=True`` keeps the arrays of the first call only (the input shapes of every call):
+    what a timing needs, at no measurable cost to it."""
     ort = _ort()
-    from onnxruntime.capi.onnxruntime_inference_collection import Session
+    from onnxruntime.capi.onnxruntime_inference_collection import IOBinding, Session
 
-    seen = Recording([], 0)
-    original_run, original_init = Session.run, ort.InferenceSession.__init__
+    seen = Recording([], 0, light)
+    patched = {(Session, "run"): Session.run, (Session, "run_with_iobinding"): Session.run_with_iobinding,
+               (Session, "run_with_ort_values"): Session.run_with_ort_values,
+               (ort.InferenceSession, "__init__"): ort.InferenceSession.__init__}
+    for name in ("bind_cpu_input", "bind_ortvalue_input", "bind_input", "bind_output", "bind_ortvalue_output",
+                 "clear_binding_inputs", "clear_binding_outputs"):
+        patched[(IOBinding, name)] = getattr(IOBinding, name)
+    original = {key[1] if key[0] is not IOBinding else "io." + key[1]: value for key, value in patched.items()}
+
+    def keep() -> bool:
+        return not light or not seen.calls
+
+    def record(session_, feed: dict, outputs: dict) -> None:
+        shapes = {name: _shape(value) for name, value in feed.items()}
+        if keep():
+            seen.calls.append(Call(session_, feed, outputs, shapes))
+        else:
+            seen.calls.append(Call(session_, {}, {}, shapes))
 
     def run(self, output_names, input_feed, run_options=None):
-        outputs = original_run(self, output_names, input_feed, run_options)
-        names = output_names or [o.name for o in self.get_outputs()]
-        seen.calls.append(Call(self, dict(input_feed), dict(zip(names, outputs))))
+        outputs = original["run"](self, output_names, input_feed, run_options)
+        if keep():
+            names = output_names or [o.name for o in self.get_outputs()]
+            record(self, dict(input_feed), dict(zip(names, outputs)))
+        else:
+            record(self, input_feed, {})
+        return outputs
+
+    def run_with_iobinding(self, iobinding, run_options=None):
+        result = original["run_with_iobinding"](self, iobinding, run_options)
+        inputs, names = _bound(iobinding)
+        if keep():
+            values = [_array(v) for v in iobinding.get_outputs()]
+            record(self, {k: _array(v) for k, v in inputs.items()}, dict(zip(names, values)))
+        else:
+            record(self, inputs, {})
+        return result
+
+    def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
+        outputs = original["run_with_ort_values"](self, output_names, input_dict_ort_values, run_options)
+        if keep():
+            names = output_names or [o.name for o in self.get_outputs()]
+            record(self, {k: _array(v) for k, v in input_dict_ort_values.items()},
+                   dict(zip(names, (_array(v) for v in outputs))))
+        else:
+            record(self, input_dict_ort_values, {})
         return outputs
 
     def init(self, *args, **kwargs):
         seen.sessions_built += 1
-        original_init(self, *args, **kwargs)
+        original["__init__"](self, *args, **kwargs)
 
-    Session.run, ort.InferenceSession.__init__ = run, init
+    def notes(binding) -> dict:
+        if getattr(binding, "_deploykit_bound", None) is None:
+            inputs, outputs = _bound(binding)   # what was bound before the recording started
+            binding._deploykit_bound = {"inputs": inputs, "outputs": dict.fromkeys(outputs)}
+        return binding._deploykit_bound
+
+    def binder(name, kind):
+        method = original["io." + name]
+
+        def bind(self, key, *args, **kwargs):
+            method(self, key, *args, **kwargs)
+            if kind == "output":
+                notes(self)["outputs"].setdefault(key, None)
+            else:   # bind_cpu_input(name, array), bind_ortvalue_input(name, value); bind_input: a raw pointer
+                notes(self)["inputs"][key] = args[0] if name != "bind_input" and args else None
+        return bind
+
+    def clearer(name, part):
+        method = original["io." + name]
+
+        def clear(self):
+            method(self)
+            notes(self)[part].clear()
+        return clear
+
+    replacements = {(Session, "run"): run, (Session, "run_with_iobinding"): run_with_iobinding,
+                    (Session, "run_with_ort_values"): run_with_ort_values, (ort.InferenceSession, "__init__"): init,
+                    (IOBinding, "bind_cpu_input"): binder("bind_cpu_input", "input"),
+                    (IOBinding, "bind_ortvalue_input"): binder("bind_ortvalue_input", "input"),
+                    (IOBinding, "bind_input"): binder("bind_input", "input"),
+                    (IOBinding, "bind_output"): binder("bind_output", "output"),
+                    (IOBinding, "bind_ortvalue_output"): binder("bind_ortvalue_output", "output"),
+                    (IOBinding, "clear_binding_inputs"): clearer("clear_binding_inputs", "inputs"),
+                    (IOBinding, "clear_binding_outputs"): clearer("clear_binding_outputs", "outputs")}
+    for (owner, name), replacement in replacements.items():
+        setattr(owner, name, replacement)
     try:
         yield seen
     finally:
-        Session.run, ort.InferenceSession.__init__ = original_run, original_init
+        for (owner, name), method in patched.items():
+            setattr(owner, name, method)
 
 
 def _is_decode(call: Call) -> bool:
-    return "past_keys" in call.feed
+    return "past_keys" in call.shapes
+
+
+def _input_ids(call: Call):
+    import numpy as np
+
+    value = call.feed.get("input_ids")
+    return None if value is None else np.asarray(value)
+
+
+def _require_readable(call: Call, what: str) -> None:
+    unread = [name for name, value in call.feed.items() if value is None]
+    require(not unread, f"{what} bound {', '.join(unread)} by a raw pointer (IOBinding.bind_input): the check cannot "
+            "read it. Bind inputs with bind_cpu_input(name, array) or bind_ortvalue_input(name, OrtValue)")
 
 
 def _require_cache_fed_back(calls: list, what: str) -> None:
@@ -215,7 +380,7 @@ def _require_cache_fed_back(calls: list, what: str) -> None:
 
     require(calls, f"{what} ran no ONNX Runtime session: use the `prefill` and `decode` sessions passed to it")
     prefills = [c for c in calls if not _is_decode(c)]
-    lengths = [np.asarray(c.feed.get("input_ids")).shape[-1] for c in prefills]
+    lengths = [(c.shapes.get("input_ids") or (0,))[-1] for c in prefills] or [0]
     require(len(prefills) <= 1, f"{what} ran the prefill graph {len(prefills)} times (input lengths {min(lengths)} to "
             f"{max(lengths)} tokens): the keys and values it returns are never fed back, so every step recomputes the "
             "whole text (the right tokens, in quadratic time). Prefill the prompt once, then call the decode graph "
@@ -225,19 +390,41 @@ def _require_cache_fed_back(calls: list, what: str) -> None:
     require(decodes, f"{what} never called the decode graph: after the prefill, each new token goes through decode "
             "with the cache")
     previous = calls[0]
+    _require_readable(previous, what)
     for step, call in enumerate(decodes, start=1):
-        ids = np.asarray(call.feed["input_ids"])
+        _require_readable(call, f"decode call {step}")
+        ids = _input_ids(call)
         require(ids.shape == (1, 1), f"decode call {step} was fed input_ids of shape {ids.shape}: feed only the newest "
                 "token, shape (1, 1); the cache holds the rest")
         for past, present in (("past_keys", "present_keys"), ("past_values", "present_values")):
             returned = previous.outputs.get(present)
             require(returned is not None, f"call {step - 1} did not ask for {present}: run with output names None "
-                    "(all outputs) so the cache comes back")
+                    "(all outputs) or bind every output, so the cache comes back")
             fed = np.asarray(call.feed[past])
             require(fed.shape == returned.shape and np.array_equal(fed, returned),
                     f"decode call {step} was fed a {past} that is not the {present} the previous call returned: "
                     "feed the cache back unchanged, step after step")
         previous = call
+
+
+def _require_greedy(calls: list, tokens: list, what: str) -> None:
+    """Each returned token is the argmax of the last logits its call returned, and is what the next call is fed."""
+    import numpy as np
+
+    for step, token in enumerate(tokens):
+        require(step < len(calls), f"{what} returned {len(tokens)} tokens from {len(calls)} session calls: each new "
+                "token comes from one call (the prefill, then one decode call per token)")
+        logits = calls[step].outputs.get("logits")
+        require(logits is not None, f"call {step} of {what} did not return logits: ask for every output (output names "
+                "None), the next token is chosen from them")
+        last = np.asarray(logits)[0, -1]
+        require(0 <= token < last.shape[-1] and last[token] >= last.max(),
+                f"token {step} returned by {what} is not the argmax of the logits its call returned: greedy decoding "
+                "takes argmax of the last position's logits of each call, from the sessions passed in")
+        if step + 1 < len(calls) and step + 1 < len(tokens):
+            fed = _input_ids(calls[step + 1])
+            require(fed is not None and fed.reshape(-1).tolist() == [token], f"decode call {step + 1} was not fed "
+                    f"token {step}, the one just chosen: feed each new token to the next decode call")
 
 
 def _leading_same(tokens, reference_tokens) -> int:
@@ -249,7 +436,7 @@ def _leading_same(tokens, reference_tokens) -> int:
 
 def _run_generate(generate, prefill_path, decode_path, what, threads: int = 1):
     """The learner's ``generate`` with the check's sessions (``threads``: 0 for ONNX Runtime's default), recorded;
-    returns its tokens."""
+    returns its tokens, each checked to be the greedy choice of the call that produced it."""
     require(callable(generate), "generate should be your function generate(prompt, n_new, prefill, decode)")
     ref = reference()
     prefill, decode = session(prefill_path, threads), session(decode_path, threads)
@@ -262,6 +449,7 @@ def _run_generate(generate, prefill_path, decode_path, what, threads: int = 1):
             f"generate returned {len(tokens)} tokens for n_new={N_NEW}: return exactly the n_new new tokens, "
             "without the prompt")
     _require_cache_fed_back(seen.calls, what)
+    _require_greedy(seen.calls, tokens, what)
     return tokens
 
 
@@ -270,12 +458,6 @@ def _run_generate(generate, prefill_path, decode_path, what, threads: int = 1):
 def _io(path):
     s = session(path)
     return s, [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]
-
-
-def _quantised_ops(path) -> set:
-    import onnx
-
-    return {node.op_type for node in onnx.load(str(path)).graph.node} & set(QUANTISED_OPS)
 
 
 @check("the float32 prefill and decode graphs: dynamic shapes, parity with PyTorch")
@@ -291,7 +473,7 @@ def check_export(prefill_path, decode_path) -> None:
     require_result(decode_path, "decode_path", "Exercise 1")
     for name, path in (("prefill_path", prefill_path), ("decode_path", decode_path)):
         require(isinstance(path, (str, Path)) and Path(path).is_file(), f"{name} should be the .onnx file you exported")
-        require(not _quantised_ops(path), f"{name} holds quantised operators: Exercise 1 asks for the float32 graphs "
+        require(not _quantisation(path).nodes, f"{name} holds quantised operators: Exercise 1 asks for the float32 graphs "
                 "(quantise copies of them in Exercise 3)")
     prefill, inputs, outputs = _io(prefill_path)
     require(inputs == PREFILL_INPUTS and outputs == OUTPUTS, f"the prefill graph has inputs {inputs} and outputs "
@@ -334,7 +516,7 @@ def check_export(prefill_path, decode_path) -> None:
 def check_generation(generate, prefill_path, decode_path) -> None:
     """``generate(prompt, n_new, prefill, decode)`` with the float32 graphs gives PyTorch's tokens for every
     step decided by a margin above :data:`MARGIN`, running one prefill and then decode calls each fed the
-    previous call's cache."""
+    previous call's cache (through ``run`` or IOBinding), each token the argmax of its call's logits."""
     require_result(generate, "generate", "Exercise 2")
     require_result(prefill_path, "prefill_path", "Exercise 1")
     tokens = _run_generate(generate, prefill_path, decode_path, "generate")
@@ -346,6 +528,66 @@ def check_generation(generate, prefill_path, decode_path) -> None:
 
 # --- Exercise 3: quantise to the budget -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Quantisation:
+    """How a graph is quantised: one entry per quantised node (domain, operator, attributes with their
+    defaults filled in, the type and shape of each weight it reads), and the type and shape of every weight
+    (initializers of 1024 values or more). Names are left out: the exporter numbers constants differently
+    in the prefill and the decode graph."""
+    nodes: Counter
+    weights: Counter
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value if isinstance(value, (int, float, str)) else repr(value)
+
+
+@lru_cache(maxsize=16)
+def _quantisation_cached(key: tuple) -> Quantisation:
+    import onnx
+
+    graph = onnx.load(key[0]).graph
+    low_bits = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = Counter()
+    for node in graph.node:
+        weights = tuple((initializers[i].data_type, tuple(initializers[i].dims)) if i in initializers else None
+                        for i in node.input)
+        if node.op_type in QUANTISED_OPS or any(w and w[0] in low_bits for w in weights):
+            attributes = dict(_ATTRIBUTE_DEFAULTS.get(node.op_type, {}))
+            attributes.update({a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute})
+            nodes[(node.domain or "ai.onnx", node.op_type, tuple(sorted(attributes.items())), weights)] += 1
+    sizes = Counter((t.data_type, tuple(t.dims)) for t in graph.initializer if math.prod(t.dims) >= 1024)
+    return Quantisation(nodes, sizes)
+
+
+def _quantisation(path) -> Quantisation:
+    return _quantisation_cached(_version(path))
+
+
+def _describe(q: Quantisation) -> str:
+    """The quantisation in words: operators with their counts and settings, and the stored weight types."""
+    import onnx
+
+    if not q.nodes:
+        return "no quantised operator"
+    parts = Counter()
+    for (_, op, attributes, weights), count in q.nodes.items():
+        shown = ", ".join(f"{k}={v}" for k, v in attributes if k in _CHOICE_ATTRIBUTES)
+        if op == "MatMulNBits":   # inputs: A, B, scales, zero_points (absent when symmetric), ...
+            shown += ", with zero points" if len(weights) > 3 and weights[3] is not None else ", symmetric"
+        parts[f"{op}" + (f" ({shown})" if shown else "")] += count
+    stored = Counter()
+    for (dtype, _), count in q.weights.items():
+        stored[onnx.TensorProto.DataType.Name(dtype).lower()] += count
+    return "; ".join(f"{n} {what}" for what, n in sorted(parts.items())) + (
+        " | weights stored as " + ", ".join(f"{n} {t}" for t, n in sorted(stored.items())))
+
+
 def _perplexity(path) -> float:
     from .. import language_model as lm
 
@@ -355,13 +597,60 @@ def _perplexity(path) -> float:
 
 
 @lru_cache(maxsize=8)
-def _perplexity_cached(path: str, mtime: float) -> float:
-    return _perplexity(path)
+def _perplexity_cached(key: tuple) -> float:
+    return _perplexity(key[0])
 
 
 def held_out_perplexity(path) -> float:
     """Held-out perplexity of a prefill graph (recomputed, cached per file version)."""
-    return _perplexity_cached(str(Path(path).resolve()), Path(path).stat().st_mtime)
+    return _perplexity_cached(_version(path))
+
+
+@dataclass(frozen=True)
+class DecodePass:
+    """The decode graph's own quality: after a prefill of :data:`DECODE_PAST` held-out tokens (deployed prefill
+    graph), the next :data:`DECODE_TOKENS` decoded one at a time with the cache (deployed decode graph)."""
+    decode_ppl: float        # perplexity of the decode graph's predictions
+    prefill_ppl: float       # perplexity of the prefill graph's predictions at the same positions
+    max_diff: float          # largest |decode logits - prefill logits| at those positions
+
+    @property
+    def ratio(self) -> float:
+        return self.decode_ppl / self.prefill_ppl
+
+
+def _nll(logits, targets) -> float:
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(targets)), targets].mean())
+
+
+@lru_cache(maxsize=8)
+def _decode_pass_cached(prefill_key: tuple, decode_key: tuple) -> DecodePass:
+    import numpy as np
+
+    ids = np.array([reference().held_ids[:DECODE_PAST + DECODE_TOKENS + 1]], dtype=np.int64)
+    prefill, decode = session(prefill_key[0]), session(decode_key[0])
+    logits, keys, values = prefill.run(None, {"input_ids": ids[:, :DECODE_PAST]})
+    steps = []
+    for position in range(DECODE_PAST, DECODE_PAST + DECODE_TOKENS):
+        logits, keys, values = decode.run(None, {"input_ids": ids[:, position:position + 1], "past_keys": keys,
+                                                 "past_values": values})
+        steps.append(logits[0, -1])
+    steps = np.stack(steps)
+    full = prefill.run(["logits"], {"input_ids": ids[:, :DECODE_PAST + DECODE_TOKENS]})[0][0, DECODE_PAST:]
+    targets = ids[0, DECODE_PAST + 1:]
+    return DecodePass(math.exp(_nll(steps, targets)), math.exp(_nll(full, targets)),
+                      float(np.abs(steps - full).max()))
+
+
+def decode_pass(prefill_path, decode_path) -> DecodePass:
+    """The decode graph's perplexity on held-out text fed token by token with the cache, beside the prefill
+    graph's at the same positions (cached per file version)."""
+    return _decode_pass_cached(_version(prefill_path), _version(decode_path))
 
 
 def _require_deployed(deployed) -> tuple[Path, Path]:
@@ -379,16 +668,35 @@ def _require_deployed(deployed) -> tuple[Path, Path]:
     _, inputs, outputs = _io(paths[1])
     require(inputs == DECODE_INPUTS and outputs == OUTPUTS, "deployed['decode'] is not a decode graph (input_ids, "
             "past_keys, past_values -> logits, present_keys, present_values)")
-    require(_quantised_ops(paths[0]) == _quantised_ops(paths[1]), "deployed['prefill'] and deployed['decode'] are not "
-            "quantised the same way: ship both graphs in the same precision (the perplexity of one must describe the other)")
+    prefill_q, decode_q = _quantisation(paths[0]), _quantisation(paths[1])
+    if prefill_q != decode_q:
+        shown = (f"prefill: {_describe(prefill_q)}; decode: {_describe(decode_q)}" if _describe(prefill_q) !=
+                 _describe(decode_q) else "the same operators and settings, but their weights are stored differently: "
+                 "zero points or not (is_symmetric), other scales' shapes, other weights quantised")
+        raise CheckFailed("deployed['prefill'] and deployed['decode'] are not quantised the same way (" + shown +
+                          "): ship both graphs in the same precision, made by the same quantiser with the same "
+                          "settings (bits, block_size, accuracy_level, the same weights quantised), so that the "
+                          "perplexity measured on the prefill graph describes the decode graph too")
     return paths
+
+
+def _require_decode_quality(dprefill: Path, ddecode: Path) -> DecodePass:
+    measured = decode_pass(dprefill, ddecode)
+    require(measured.ratio <= 1 + DECODE_PPL_RTOL, f"the deployed decode graph, fed held-out text one token at a time "
+            f"with the cache after a prefill by deployed['prefill'], predicts it worse than the prefill graph at the "
+            f"same positions (perplexity {100 * (measured.ratio - 1):+.1f}%, largest logit difference "
+            f"{measured.max_diff:.2f}): the two graphs should compute the same model. Quantise both from the float32 "
+            "graphs of Exercise 1 with the same settings, and check that decoding with the cache gives the prefill's "
+            "logits, as Exercise 1's check does")
+    return measured
 
 
 @check("the deployment within the budget: file size and held-out perplexity")
 def check_budget(deployed, prefill_path, ppl_fp32, ppl_deployed) -> None:
-    """Both deployed files within :data:`SIZE_BUDGET_MB`; ``ppl_fp32`` and ``ppl_deployed``: held-out perplexity
-    (``lm.held_out_ids``, ``lm.perplexity`` with its default window) of the float32 and deployed prefill graphs,
-    the deployed one within :data:`PERPLEXITY_MARGIN` of float32."""
+    """Both deployed files within :data:`SIZE_BUDGET_MB` and quantised the same way; ``ppl_fp32`` and
+    ``ppl_deployed``: held-out perplexity (``lm.held_out_ids``, ``lm.perplexity`` with its default window) of the
+    float32 and deployed prefill graphs, the deployed one within :data:`PERPLEXITY_MARGIN` of float32; the
+    deployed decode graph predicts held-out text fed through the cache as well as the deployed prefill graph."""
     dprefill, ddecode = _require_deployed(deployed)
     require_result(prefill_path, "prefill_path", "Exercise 1")
     for name, path in (("prefill", dprefill), ("decode", ddecode)):
@@ -398,7 +706,7 @@ def check_budget(deployed, prefill_path, ppl_fp32, ppl_deployed) -> None:
     require_result(ppl_fp32, "ppl_fp32", "Exercise 3")
     require_result(ppl_deployed, "ppl_deployed", "Exercise 3")
     for name, value, path in (("ppl_fp32", ppl_fp32, prefill_path), ("ppl_deployed", ppl_deployed, dprefill)):
-        require(isinstance(value, (int, float)) and math.isfinite(value) and value > 1,
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 1,
                 f"{name} should be a perplexity (a float above 1), got {value!r}")
         here = held_out_perplexity(path)
         if value < here * (1 - PERPLEXITY_RTOL):
@@ -412,25 +720,72 @@ def check_budget(deployed, prefill_path, ppl_fp32, ppl_deployed) -> None:
     require(mine <= fp32 * (1 + PERPLEXITY_MARGIN), f"the deployed graph's held-out perplexity is "
             f"{100 * (mine / fp32 - 1):+.1f}% of float32's, over the {PERPLEXITY_MARGIN:.0%} budget: quantise less "
             "aggressively (a smaller block size, or int8)")
+    _require_decode_quality(dprefill, ddecode)
+
+
+# --- Exercise 4: token parity -------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _teacher_forced_cached(prefill_key: tuple):
+    """The deployed prefill graph fed PyTorch's own text (the prompt and its greedy tokens): at each step, how
+    far it prefers PyTorch's token over its own best other one (negative: it prefers another)."""
+    import numpy as np
+
+    ref = reference()
+    text = np.concatenate([ref.prompt_ids, np.array([ref.tokens], dtype=np.int64)], axis=1)[:, :-1]
+    logits = session(prefill_key[0]).run(["logits"], {"input_ids": text})[0][0, ref.prompt_ids.shape[1] - 1:]
+    logits = logits.astype(np.float64)
+    rows, chosen = np.arange(len(ref.tokens)), np.array(ref.tokens)
+    others = logits.copy()
+    others[rows, chosen] = -np.inf
+    return logits[rows, chosen] - others.max(axis=-1)
+
+
+def deployed_decided(prefill_path, decode_path) -> tuple[int, float]:
+    """Leading steps the deployment must reproduce from PyTorch's tokens, and the tolerance used: a step counts
+    while PyTorch decides it by more than :data:`MARGIN` and the deployed prefill graph, fed PyTorch's text so
+    far, prefers PyTorch's token by more than ``tolerance`` (:data:`MARGIN` plus twice the largest logit
+    difference between the deployed decode and prefill graphs on held-out text: what the cache path may add)."""
+    import numpy as np
+
+    ref = reference()
+    tolerance = MARGIN + 2 * decode_pass(prefill_path, decode_path).max_diff
+    prefers = _teacher_forced_cached(_version(prefill_path))
+    undecided = (np.asarray(ref.margins) <= MARGIN) | (prefers <= tolerance)
+    return (int(np.argmax(undecided)) if undecided.any() else len(ref.tokens)), tolerance
 
 
 @check("token parity of the deployment: where it first leaves PyTorch's tokens")
 def check_parity(generate, deployed, same_for, margin_at_divergence) -> None:
     """``same_for``: how many leading tokens your loop with the deployed graphs shares with PyTorch's greedy
-    tokens; ``margin_at_divergence``: PyTorch's top-2 margin at that step (``None`` when they agree for
-    every step PyTorch decides by more than :data:`MARGIN`)."""
+    tokens (recomputed here with your ``generate`` and the deployed graphs); ``margin_at_divergence``: PyTorch's
+    top-2 margin at that step (``None`` when they agree for every step PyTorch decides by more than
+    :data:`MARGIN`). The bound: the deployed tokens may leave PyTorch's only at a step the deployment does not
+    decide for PyTorch's token either (:func:`deployed_decided`), and the decode graph must predict held-out
+    text as the prefill graph does."""
     require_result(generate, "generate", "Exercise 2")
     dprefill, ddecode = _require_deployed(deployed)
     require_result(same_for, "same_for", "Exercise 4")
+    require(isinstance(same_for, int) and not isinstance(same_for, bool),
+            f"same_for should be an int, got {same_for!r}")
     tokens = _run_generate(generate, dprefill, ddecode, "generate (with the deployed graphs)")
     ref = reference()
     same = _leading_same(tokens, ref.tokens)
-    require(isinstance(same_for, int) and not isinstance(same_for, bool), f"same_for should be an int, got {same_for!r}")
     if same_for != same:  # quantised kernels may split work differently at another thread count: try the default
         other = _leading_same(_run_generate(generate, dprefill, ddecode, "generate", threads=0), ref.tokens)
         same = other if same_for == other else same
     require(same_for == same, "same_for is not the number of leading tokens your deployed loop shares with PyTorch's "
-            "generate in this run: count from the first token until the first difference")
+            "generate in this run: run generate with sessions of deployed['prefill'] and deployed['decode'], then "
+            "count from the first token until the first difference")
+    _require_decode_quality(dprefill, ddecode)
+    bound, tolerance = deployed_decided(dprefill, ddecode)
+    if same < min(bound, ref.decided):
+        raise CheckFailed(f"the deployed tokens leave PyTorch's at step {same}, where PyTorch's best token leads by "
+                          f"{float(ref.margins[same]):.3f} and the deployed prefill graph, fed the same text, also "
+                          f"prefers it by more than {tolerance:.3f}: a step the deployment decides, yet its loop chose "
+                          "another token. The decode graph or the loop computes something else than the prefill "
+                          "graph: check that decoding with the cache gives the prefill's logits (Exercise 1's rule) "
+                          "with the deployed graphs")
     if same >= ref.decided:
         require(margin_at_divergence is None, "every step PyTorch decides clearly is reproduced: set "
                 "margin_at_divergence = None (there is no divergence to measure)")
@@ -445,37 +800,47 @@ def check_parity(generate, deployed, same_for, margin_at_divergence) -> None:
 
 # --- Exercise 5: the decode step's speed ------------------------------------------------------------
 
-def _model_path(session_) -> Path | None:
-    path = getattr(session_, "_model_path", None)
-    return Path(path).resolve() if isinstance(path, (str, Path)) else None
+def _threads(session_) -> int | None:
+    try:
+        return session_.get_session_options().intra_op_num_threads
+    except Exception:  # noqa: BLE001 - not an ONNX Runtime session
+        return None
 
 
-def _inspect_step(decode_step, decode_file: Path) -> int:
-    """One call of the learner's timed function under the recorder; the past length it decodes after."""
-    import numpy as np
-
-    with recording() as seen:
-        decode_step()
-    require(seen.sessions_built == 0, "calling decode_step builds an InferenceSession: the timing then measures "
-            "loading and optimising the graph, not a decode step. Build the session once, outside, and time only "
-            "session.run")
-    require(seen.calls, "calling decode_step runs no ONNX Runtime session: time a function that calls session.run "
-            "on the deployed decode graph")
-    for call in seen.calls:
-        require(_is_decode(call) and np.asarray(call.feed["input_ids"]).shape[-1] == 1,
-                "decode_step runs the prefill graph (a whole text, no past): that is prefill, compute-bound and many "
+def _require_decode_calls(calls: list, what: str) -> None:
+    """Every call: the decode graph, one token, a cache of :data:`CONTEXT` tokens, batch 1, 1 thread."""
+    for call in calls:
+        ids = call.shapes.get("input_ids")
+        require(_is_decode(call) and ids is not None and tuple(ids) == (1, 1),
+                f"{what} runs the prefill graph (a whole text, no past): that is prefill, compute-bound and many "
                 "times a decode step. Build the cache outside the timing (prefill once), then time one decode call "
                 "with one token and that cache")
-        threads = call.session.get_session_options().intra_op_num_threads
-        require(threads == 1, f"decode_step's session runs with intra_op_num_threads={threads} (0 means all cores): "
-                "the budget is at 1 thread; set SessionOptions.intra_op_num_threads = 1")
-        require(_model_path(call.session) in (None, decode_file), "decode_step runs another graph than "
-                "deployed['decode']: time the decode graph you ship")
-    require(len(seen.calls) == 1, f"decode_step makes {len(seen.calls)} session calls: time one decode step")
-    past = int(np.asarray(seen.calls[0].feed["past_keys"]).shape[3])
-    require(past >= CONTEXT // 2, f"decode_step decodes after {past} tokens: time the step after "
-            f"{CONTEXT} tokens of held-out text (the lab's CONTEXT), where the cache is realistic")
-    return past
+        past = call.shapes.get("past_keys")
+        require(past is not None and len(past) == 5 and past[1] == 1,
+                f"{what} decodes with past_keys of shape {past}: one sequence (batch 1), the cache of one text")
+        require(past[3] == CONTEXT, f"{what} decodes after {past[3]} tokens: time the step after exactly "
+                f"lab10.CONTEXT = {CONTEXT} tokens of held-out text (prefill held_ids[:lab10.CONTEXT], then feed the "
+                "next token), where the cache is what the budget is about")
+        threads = _threads(call.session)
+        require(threads == 1, f"{what} runs a session with intra_op_num_threads={threads} (0 means all cores): the "
+                "budget is at 1 thread; set SessionOptions.intra_op_num_threads = 1")
+
+
+def _require_deployed_graph(call: Call, ddecode: Path, what: str) -> None:
+    """The call's outputs are what deployed['decode'] returns for the same feed (its graph, not another)."""
+    import numpy as np
+
+    _require_readable(call, what)
+    expected = session(ddecode).run(None, {name: np.asarray(call.feed[name]) for name in
+                                           ("input_ids", "past_keys", "past_values")})
+    from ..lm_graphs import OUTPUTS
+
+    compared = [(np.asarray(call.outputs[n]), e) for n, e in zip(OUTPUTS, expected) if call.outputs.get(n) is not None]
+    require(compared, f"{what} returned no outputs the check could read: run with output names None, or bind the "
+            "outputs")
+    require(all(g.shape == e.shape and np.allclose(g, e, rtol=1e-3, atol=1e-3) for g, e in compared),
+            f"{what} runs another graph than deployed['decode'] (its outputs for the same feed differ): time the "
+            "decode graph you ship, in a session of deployed['decode']")
 
 
 def measure_decode(paths: dict, past: int) -> dict:
@@ -496,11 +861,14 @@ def measure_decode(paths: dict, past: int) -> dict:
 
 
 @check("the decode step: timed fairly at 1 thread, within the speed budget", timed=True)
-def check_speed(decode_step, decode_result, deployed, prefill_path, decode_path) -> None:
+def check_speed(decode_step, decode_result, timed_calls, deployed, prefill_path, decode_path) -> None:
     """``decode_step``: a function of no arguments that runs one decode step of ``deployed['decode']`` at 1
     thread after :data:`CONTEXT` tokens (session and cache built outside); ``decode_result``: what
-    ``dk.benchmark(decode_step, ..., threads=1, batch=1)`` returned. The check times the deployed and the
-    float32 decode graphs itself (alternated rounds: blocks, order alternated): the deployed step must take at most
+    ``dk.benchmark(decode_step, ..., threads=1, batch=1)`` returned, called inside ``with
+    lab10.recording(light=True) as timed_calls:``. The recording says what the timing ran: every call one decode
+    step of the deployed graph (recognised by its outputs) after :data:`CONTEXT` tokens, at 1 thread, as many
+    calls as ``decode_result`` counts, on the session ``decode_step`` runs. The check then times the deployed
+    and the float32 decode graphs itself (alternated rounds): the deployed step must take at most
     :data:`SPEED_LIMIT` times the float32 step, and ``decode_result`` must agree with its measurement."""
     require_result(decode_step, "decode_step", "Exercise 5")
     require_result(decode_result, "decode_result", "Exercise 5")
@@ -509,8 +877,35 @@ def check_speed(decode_step, decode_result, deployed, prefill_path, decode_path)
     require(callable(decode_step), "decode_step should be a function of no arguments that runs one decode step")
     require_fair_benchmark("decode_result", decode_result, threads=1, batch=1, min_warmup=MIN_WARMUP,
                            min_repeats=MIN_REPEATS)
-    past = _inspect_step(decode_step, ddecode.resolve())
-    rounds = measure_decode({"deployed": (dprefill, ddecode), "float32": (prefill_path, decode_path)}, past)
+    require(isinstance(timed_calls, Recording), "timed_calls should be the recording your timing ran in: `with "
+            "lab10.recording(light=True) as timed_calls:` around the dk.benchmark call that returns decode_result, "
+            "so the check sees which graph, cache and threads were timed")
+    require(timed_calls.sessions_built == 0, "an InferenceSession was built while decode_step was timed: the timing "
+            "then measures loading and optimising the graph, not a decode step. Build the session once, outside, "
+            "and time only session.run")
+    require(timed_calls.calls, "the timing ran no ONNX Runtime session: time a function that calls session.run on "
+            "the deployed decode graph, inside the recording")
+    _require_decode_calls(timed_calls.calls, "the timed function")
+    expected = max(decode_result.warmup, 1) + decode_result.repeats
+    require(len(timed_calls.calls) == expected, f"timed_calls recorded {len(timed_calls.calls)} session calls, but "
+            f"decode_result counts {decode_result.warmup} warm-up and {decode_result.repeats} timed calls of a "
+            f"one-call step ({expected}): decode_result should be what the dk.benchmark call inside the recording "
+            "returned, timing decode_step (one decode call per step), not a result from another run")
+    timed_sessions = {id(call.session) for call in timed_calls.calls}
+    require(len(timed_sessions) == 1, "the timing ran more than one session: time one decode step of one session")
+    _require_deployed_graph(timed_calls.calls[0], ddecode, "the timed function")
+    with recording() as seen:
+        decode_step()
+    require(seen.sessions_built == 0, "calling decode_step builds an InferenceSession: the timing then measures "
+            "loading and optimising the graph, not a decode step. Build the session once, outside, and time only "
+            "session.run")
+    require(seen.calls, "calling decode_step runs no ONNX Runtime session: time a function that calls session.run "
+            "on the deployed decode graph")
+    _require_decode_calls(seen.calls, "decode_step")
+    require(len(seen.calls) == 1, f"decode_step makes {len(seen.calls)} session calls: time one decode step")
+    require(id(seen.calls[0].session) in timed_sessions, "decode_result was timed on another session than the one "
+            "decode_step runs: time decode_step itself (dk.benchmark(decode_step, ...)) inside the recording")
+    rounds = measure_decode({"deployed": (dprefill, ddecode), "float32": (prefill_path, decode_path)}, CONTEXT)
     mine, fp32 = rounds["deployed"], rounds["float32"]
     busy = contention(mine) or contention(fp32) or contention(decode_result)
     _LAST_BUSY[:] = [busy]
@@ -538,28 +933,159 @@ def check_speed(decode_step, decode_result, deployed, prefill_path, decode_path)
 # --- Exercise 6: the explanation ------------------------------------------------------------------
 
 def weight_bytes(path) -> int:
-    """Bytes of a graph's initializers: what one decode step reads."""
+    """Bytes of a graph's initializers (every weight it stores, each counted once)."""
     import onnx
     from onnx import numpy_helper
 
     return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
 
+@lru_cache(maxsize=8)
+def _bytes_read_cached(key: tuple) -> tuple[int, int]:
+    """(weight bytes one decode step reads, bytes of the initializers stored). A table only ``Gather`` reads
+    (an embedding that is not shared with the output layer) gives one row per token, every other initializer
+    is read whole."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(key[0]).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, position))
+    read = stored = 0
+    for tensor in graph.initializer:
+        nbytes = numpy_helper.to_array(tensor).nbytes
+        stored += nbytes
+        uses = consumers.get(tensor.name, [])
+        gathered = uses and all(op == "Gather" and position == 0 for op, position in uses) and len(tensor.dims) >= 2
+        read += nbytes // tensor.dims[0] if gathered else nbytes
+    return read, stored
+
+
+@lru_cache(maxsize=8)
+def _cache_bytes_cached(prefill_key: tuple, decode_key: tuple, tokens: int) -> int:
+    """Bytes of the key/value cache a decode step reads after ``tokens`` tokens: past_keys and past_values. From
+    the decode graph's input shapes (layers, batch, kv heads, past, head size) when they are fixed, otherwise from
+    the cache the prefill graph returns."""
+    import numpy as np
+    import onnx
+
+    graph = onnx.load(decode_key[0]).graph
+    total = 0
+    for tensor in graph.input:
+        if tensor.name not in ("past_keys", "past_values"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.type.tensor_type.shape.dim]
+        if len(dims) != 5 or None in (dims[0], dims[2], dims[4]):
+            break
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.type.tensor_type.elem_type)).itemsize
+        total += dims[0] * dims[2] * dims[4] * tokens * itemsize
+    else:
+        return total
+    ids = np.array([reference().held_ids[:tokens]], dtype=np.int64)
+    _, keys, values = session(prefill_key[0]).run(None, {"input_ids": ids})
+    return int(keys.nbytes + values.nbytes)
+
+
+def step_bytes(deployed, context: int = CONTEXT) -> int:
+    """What one decode step of ``deployed['decode']`` reads after ``context`` tokens: its weights (a table only
+    Gather reads: one row) plus the key/value cache (past_keys and past_values). The lab's bytes_per_token."""
+    prefill, decode = Path(deployed["prefill"]), Path(deployed["decode"])
+    return _bytes_read_cached(_version(decode))[0] + _cache_bytes_cached(_version(prefill), _version(decode), context)
+
+
 def _formats(value: float) -> set[str]:
-    return {f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:,.0f}"}
+    return {f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:,.0f}", f"{value:,.1f}"}
 
 
-def _sentences(text: str) -> int:
-    return len([s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if len(s.split()) >= 4])
+def _split_sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if len(s.split()) >= 4]
+
+
+#: Words that place a measurement against the ceiling, and phrases that name the key/value cache (so that
+#: "cache" alone means the CPU's cache).
+_BELOW = r"\b(?:below|under|beneath|short of|less than|lower than|slower than|fewer tokens)\b"
+_ABOVE = r"\b(?:above|exceeds?|exceeding|exceeded|beyond|beats?|faster than|higher than|surpass(?:es)?)\b"
+_AT = (r"\b(?:at|near|close to|reaches|matches|around)\s+(?:the\s+|its\s+|this\s+|that\s+)?"
+       r"(?:memory\s+|bandwidth\s+)?(?:ceiling|limit)\b")
+_FRACTION = (r"(\d+(?:\.\d+)?)\s?%\s+of\s+(?:the\s+|its\s+|this\s+|that\s+)?(?:memory\s+|bandwidth\s+)?"
+             r"(?:ceiling|limit)\b")
+_KV_CACHE = r"\b(?:kv|k/v|key[/ -]value|key and value)[ -]cache\b"
+_CEILING_WORDS = r"\b(?:ceiling|limit|bound|roof)\b"
+#: Reasons that can explain a measurement below the ceiling, and the one that explains it above (bytes that
+#: did not come from memory: the CPU's cache).
+_REASONS_BELOW = (r"\bcaches?\b", r"\boverheads?\b", r"\bfixed\b", r"\bper[ -](?:node|call|operator|op|kernel|step)\b",
+                  r"\boperators?\b", r"\bkernels?\b", r"\blaunch", r"\bcompute\b", r"\barithmetic\b", r"\bdequanti[sz]",
+                  r"\blatency\b", r"\bcop(?:y|ies|ied|ying)\b", r"\bl[123]\b")
+_REASONS_ABOVE = (r"\bcaches?\b", r"\bl[123]\b")
+_REASONS_AT = _REASONS_BELOW + (r"\bbandwidth\b", r"\bmemory\b")
+
+
+def _verdict_problem(sentences: list[str], ratio: float, figures: list[str]) -> str | None:
+    """Why the explanation's verdict does not follow from ``ratio`` (measured / ceiling), or None."""
+    side = "below" if ratio < 1 else "above"
+    near = abs(ratio - 1) <= AT_CEILING
+    verdict = [s for s in sentences if re.search(_CEILING_WORDS, s, re.I)]
+    joined = " ".join(verdict)
+    below, above = bool(re.search(_BELOW, joined, re.I)), bool(re.search(_ABOVE, joined, re.I))
+    at = bool(re.search(_AT, joined, re.I))
+    percents = {m.group(1) for m in re.finditer(_FRACTION, joined, re.I)}
+    fraction_ok = bool(percents & {f"{100 * ratio:.0f}", f"{100 * ratio:.1f}"})
+    said = {"below": below, "above": above}
+    told = (f"your decode_result gives {figures[0]} tokens/s against a ceiling of {figures[1]} tokens/s "
+            f"({ratio:.0%} of it)")
+    if said["above" if side == "below" else "below"]:
+        return (f"the explanation says the measurement is {'above' if side == 'below' else 'below'} the ceiling, but "
+                f"{told}: compute the verdict from the two variables (a comparison inside the f-string), never "
+                "type it")
+    if at and not near:
+        return (f"the explanation says the measurement is at the ceiling, but {told}: compute the verdict from your "
+                "variables")
+    if percents and not fraction_ok:
+        return (f"the explanation gives a percentage of the ceiling that is not measured / ceiling ({told}): compute "
+                "it from your variables")
+    if not (said[side] or (near and at) or fraction_ok):
+        return ("the explanation does not say whether the measured tokens/s is below or above the ceiling (or what "
+                "fraction of it): write that verdict in the sentence about the ceiling, computed from your variables "
+                "(a comparison inside the f-string), so it stays true when the figures change")
+    return None
+
+
+def _reason_problem(sentences: list[str], ratio: float, bandwidth_figures: set[str]) -> str | None:
+    """Why the explanation gives no reason that can explain its verdict, or None."""
+    plain = [re.sub(_KV_CACHE, " ", s, flags=re.I) for s in sentences]
+    if abs(ratio - 1) <= AT_CEILING:
+        # bandwidth and memory explain a measurement at the ceiling, if said where the bandwidth is not just quoted
+        kinds = _REASONS_AT
+        plain = [re.sub(r"\b(?:bandwidth|memory)\b", " ", s, flags=re.I) if any(f in s for f in bandwidth_figures)
+                 else s for s in plain]
+    else:
+        kinds = _REASONS_BELOW if ratio < 1 else _REASONS_ABOVE
+    if any(re.search(pattern, s, re.I) for s in plain for pattern in kinds):
+        return None
+    if ratio >= 1 + AT_CEILING:
+        return ("the measurement is above the memory ceiling, which counts every byte as coming from memory at each "
+                "token: say why that did not happen here (where could the weights come from instead? compare the size "
+                "of what a step reads with this CPU's caches)")
+    return ("the explanation gives no reason for the gap to the ceiling: say why (think of where the weights come "
+            "from when they fit in the CPU's cache, and of the fixed cost of each operator call, which fewer bytes "
+            "do not shrink) in a sentence of its own")
 
 
 @check("the speed against the bandwidth ceiling, written from your variables")
 def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes_per_token, ceiling_tokens_s) -> None:
-    """``bytes_per_token``: the deployed decode graph's weight bytes; ``ceiling_tokens_s`` = bandwidth /
-    bytes per token; ``explanation``: at least three sentences, an f-string giving the measured tokens/s
-    (from ``decode_result``), the ceiling and the bandwidth."""
+    """``bytes_per_token``: what one decode step of the deployed decode graph reads after :data:`CONTEXT` tokens,
+    its weights plus the key/value cache (:func:`step_bytes`); ``ceiling_tokens_s`` = bandwidth / bytes per
+    token; ``explanation``: at least three sentences, an f-string giving the measured tokens/s (from
+    ``decode_result``), the ceiling and the bandwidth, a verdict (below, at or above the ceiling, or the fraction)
+    that follows from those figures, and a reason that can explain it."""
+    from ..bench import BenchResult
+
     require_result(explanation, "explanation", "Exercise 6")
     require_result(decode_result, "decode_result", "Exercise 5")
+    require(isinstance(decode_result, BenchResult) and decode_result.median_ms > 0,
+            "decode_result should be what dk.benchmark returned in Exercise 5")
     _, ddecode = _require_deployed(deployed)
     for name, value in (("bandwidth_gbs", bandwidth_gbs), ("bytes_per_token", bytes_per_token),
                         ("ceiling_tokens_s", ceiling_tokens_s)):
@@ -567,13 +1093,33 @@ def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes
                 f"{name} should be a positive number from your measurements, got {value!r}")
     require(0.3 <= bandwidth_gbs <= 2000, f"bandwidth_gbs = {bandwidth_gbs}: a memory bandwidth in GB/s, as "
             "dk.bench.stream_bandwidth returns it")
-    actual = weight_bytes(ddecode)
-    require(math.isclose(bytes_per_token, actual, rel_tol=0.05), "bytes_per_token is not what one decode step of "
-            "deployed['decode'] reads: add up the bytes of its initializers (the weights, every one read once per token)")
+    expected = step_bytes(deployed)
+    if not math.isclose(bytes_per_token, expected, rel_tol=BYTES_RTOL):
+        read, stored = _bytes_read_cached(_version(ddecode))
+        cache = expected - read
+        file_size = ddecode.stat().st_size
+        how = ("add up the bytes of its initializers (onnx.numpy_helper.to_array(t).nbytes: every weight is read once "
+               "per token" + ("; a table only Gather reads, an embedding not shared with the output layer, gives one "
+                              "row per token" if read != stored else "") +
+               f"), plus the key/value cache the step reads after lab10.CONTEXT = {CONTEXT} tokens (past_keys and "
+               "past_values: the nbytes of the cache your prefill returned, or 2 x layers x kv heads x head size x "
+               "4 bytes per token)")
+        if any(math.isclose(bytes_per_token, value, rel_tol=BYTES_RTOL) for value in (read, stored)):
+            raise CheckFailed("bytes_per_token counts the weights but not the key/value cache: at every token, "
+                              "attention also reads the keys and values of the whole text so far. " + how)
+        if any(math.isclose(bytes_per_token, file_size + extra, rel_tol=BYTES_RTOL) for extra in (0, cache)):
+            raise CheckFailed("bytes_per_token is the file's size: a file also stores the graph (nodes, names, "
+                              "metadata), and a step reads only the tensors it computes with. " + how)
+        if read != stored and math.isclose(bytes_per_token, stored + cache, rel_tol=BYTES_RTOL):
+            raise CheckFailed("bytes_per_token counts a table that only Gather reads as if all of it were read at "
+                              "every token: " + how)
+        raise CheckFailed("bytes_per_token is not what one decode step of deployed['decode'] reads after "
+                          f"lab10.CONTEXT tokens: {how}")
     require(math.isclose(ceiling_tokens_s, bandwidth_gbs * 1e9 / bytes_per_token, rel_tol=0.01),
             "ceiling_tokens_s is not bandwidth / bytes per token: convert GB/s to bytes/s (x 1e9) and divide")
-    require(isinstance(explanation, str) and _sentences(explanation) >= 3, "explanation should be three sentences "
-            "(an f-string of your variables)")
+    require(isinstance(explanation, str) and len(_split_sentences(explanation)) >= 3, "explanation should be three "
+            "sentences (an f-string of your variables)")
+    sentences = _split_sentences(explanation)
     numbers = set(re.findall(r"\d[\d,]*(?:\.\d+)?", explanation))
     tokens_s = 1000 / decode_result.median_ms
     for name, value, how in (("the measured tokens/s", tokens_s, "{1000 / decode_result.median_ms:.0f}"),
@@ -581,9 +1127,15 @@ def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes
                              ("the bandwidth", bandwidth_gbs, "{bandwidth_gbs:.1f}")):
         require(_formats(value) & numbers, f"the explanation does not give {name} from your variables: write {how} in "
                 "the f-string rather than a number typed in, so it stays true when the notebook runs again")
+    ratio = tokens_s / ceiling_tokens_s
+    shown = [sorted(_formats(v) & numbers, key=len)[0] for v in (tokens_s, ceiling_tokens_s)]
+    problem = _verdict_problem(sentences, ratio, shown)
+    require(problem is None, problem or "")
+    problem = _reason_problem(sentences, ratio, _formats(bandwidth_gbs) & numbers)
+    require(problem is None, problem or "")
 
 
 __all__ = ["ready", "CONTEXT", "MARGIN", "N_NEW", "PERPLEXITY_MARGIN", "PROMPT", "SIZE_BUDGET_MB", "SPEED_LIMIT",
-           "check_budget", "check_explanation", "check_export", "check_generation", "check_parity", "check_speed",
-           "held_out_perplexity", "int4_graph", "measure_decode", "recording", "reference", "reference_graphs",
-           "session", "weight_bytes"]
+           "check_budget", "check_explanation", "check_export", "check_generation", "check_parity",
+           "check_speed", "decode_pass", "deployed_decided", "held_out_perplexity", "int4_graph", "measure_decode",
+           "recording", "reference", "reference_graphs", "session", "step_bytes", "weight_bytes"]

@@ -1,0 +1,144 @@
+"""References to a numbered section ("lecture 13, section 7", "section 4.1") point at a section that exists and
+is about what the citing text is about.
+
+A reference to another lecture's section must be listed in :data:`CITATIONS` with a word of the citing text
+and a word of the heading it should land on: renumbering a lecture, or citing the wrong number, fails here
+instead of sending a learner to the wrong place. A bare "section N" in a lecture must be one of its own
+numbered headings; the labs have no numbered sections, so a bare one there is a lecture's with its number lost.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LECTURES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("lab[0-9][0-9]_*.ipynb"))
+
+#: (citing notebook, cited lecture) -> [(a word beside the citation, a word the cited section's heading contains)]
+CITATIONS = {
+    ("lab09_fix_export_conversion", "11"): [("extract_model", "diverge")],
+    ("lab10_language_model_budget", "13"): [("attention", "changes for a transformer"),
+                                            ("MatMulNBits", "Quantisation"),
+                                            ("bandwidth", "ceiling")],
+    ("14_llm_runtimes_on_device", "13"): [("eager", "changes for a transformer")],
+}
+
+NUMBER = r"\d+(?:\.\d+)*"
+#: "lecture 13, section 7", "lecture 13 section 7", "lecture 13's section 7", "lecture 13, sections 7 and 8"
+CROSS = re.compile(rf"\b(?:lecture|notebook)\s+(\d{{1,2}})(?:'s)?,?\s+sections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-)"
+                   rf"{NUMBER})*)", re.I)
+#: "section 7 of lecture 13"
+CROSS_AFTER = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-){NUMBER})*)\s+of\s+(?:lecture|notebook)\s+"
+                         r"(\d{1,2})\b", re.I)
+BARE = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+){NUMBER})*)", re.I)
+HEADING = re.compile(rf"^#{{2,4}}\s+({NUMBER})\.?\s+(.+?)\s*$", re.M)
+
+
+def cells(path: Path) -> list[str]:
+    return ["".join(cell["source"]) for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+
+
+def markdown(path: Path) -> list[str]:
+    return ["".join(cell["source"]) for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]
+            if cell["cell_type"] == "markdown"]
+
+
+def headings(path: Path) -> dict[str, str]:
+    """Section number -> heading text, for the numbered ``##``/``###`` headings of a notebook."""
+    found: dict[str, str] = {}
+    for text in markdown(path):
+        for number, title in HEADING.findall(text):
+            found.setdefault(number, title)
+    return found
+
+
+def lecture(number: str) -> Path:
+    matches = [path for path in LECTURES if path.name.startswith(f"{int(number):02d}_")]
+    assert len(matches) == 1, f"no lecture {number} in notebooks/"
+    return matches[0]
+
+
+def numbers(listed: str) -> list[str]:
+    return re.findall(NUMBER, listed)
+
+
+def context(text: str, start: int, end: int) -> str:
+    """The paragraph or list item holding a reference."""
+    before = max(text.rfind("\n\n", 0, start), text.rfind("\n- ", 0, start), text.rfind("\n#", 0, start))
+    after = [i for i in (text.find("\n\n", end), text.find("\n- ", end)) if i != -1]
+    return text[before + 1 if before >= 0 else 0:min(after) if after else len(text)]
+
+
+def cross_references(path: Path) -> list[tuple[str, list[str], str, tuple[int, int]]]:
+    """(cited lecture, cited section numbers, citing paragraph, span) for each reference to another lecture."""
+    found = []
+    for text in cells(path):
+        for match in CROSS.finditer(text):
+            found.append((match.group(1), numbers(match.group(2)), context(text, *match.span()), match.span()))
+        for match in CROSS_AFTER.finditer(text):
+            found.append((match.group(2), numbers(match.group(1)), context(text, *match.span()), match.span()))
+    return found
+
+
+def bare_references(path: Path) -> list[tuple[list[str], str]]:
+    """(section numbers, the text around it) for each "section N" that names no lecture."""
+    found = []
+    for text in cells(path):
+        taken = [m.span() for pattern in (CROSS, CROSS_AFTER) for m in pattern.finditer(text)]
+        for match in BARE.finditer(text):
+            if any(a <= match.start() < b for a, b in taken):
+                continue
+            found.append((numbers(match.group(1)), text[max(0, match.start() - 60):match.end() + 30]))
+    return found
+
+
+CITING = [path for path in LECTURES + SOLUTIONS if cross_references(path)]
+
+
+def test_the_scan_finds_what_it_should():
+    assert len(LECTURES) >= 15 and len(SOLUTIONS) >= 10
+    assert headings(lecture("13"))["7"].startswith("Quantisation") and headings(lecture("6"))["2.4"]
+    sample = "- int4 with `MatMulNBits` (lecture 13, sections 7 and 8); and see section 2 of lecture 11.\n\nNext."
+    path_refs = [(m.group(1), numbers(m.group(2))) for m in CROSS.finditer(sample)]
+    assert path_refs == [("13", ["7", "8"])]
+    assert [(m.group(2), numbers(m.group(1))) for m in CROSS_AFTER.finditer(sample)] == [("11", ["2"])]
+    assert "MatMulNBits" in context(sample, sample.index("lecture"), sample.index(");"))
+    assert any(path.name.startswith("lab10") for path in CITING)
+
+
+@pytest.mark.parametrize("path", CITING, ids=lambda p: p.stem)
+def test_references_to_another_lecture_land_on_the_right_section(path):
+    for cited, sections, paragraph, _ in cross_references(path):
+        listed = CITATIONS.get((path.stem, cited))
+        assert listed, (f"{path.stem} cites lecture {cited} ({paragraph.strip()[:120]!r}): add its (word beside the "
+                        f"citation, word of the cited heading) to CITATIONS")
+        titles = headings(lecture(cited))
+        for section in sections:
+            assert section in titles, (f"{path.stem} cites lecture {cited}, section {section}, which does not exist "
+                                       f"(its sections: {', '.join(titles)})")
+        expected = [heading for word, heading in listed if word.lower() in paragraph.lower()]
+        assert expected, (f"{path.stem}: no CITATIONS entry for lecture {cited} matches the text citing it "
+                          f"({paragraph.strip()[:160]!r})")
+        landed = [titles[section] for section in sections]
+        assert any(word.lower() in title.lower() for word in expected for title in landed), (
+            f"{path.stem} cites lecture {cited}, section(s) {', '.join(sections)} ({landed}) for "
+            f"{paragraph.strip()[:160]!r}, which is about {expected}: cite the section whose heading says so")
+
+
+@pytest.mark.parametrize("path", LECTURES, ids=lambda p: p.stem)
+def test_a_lecture_refers_to_its_own_sections(path):
+    titles = headings(path)
+    for sections, around in bare_references(path):
+        for section in sections:
+            assert section in titles, (f"{path.stem} refers to section {section} ({around!r}), which it does not have "
+                                       f"(its sections: {', '.join(titles)})")
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_a_lab_names_the_lecture_of_a_section(path):
+    bare = bare_references(path)
+    assert not bare, f"{path.stem} refers to a section without naming its lecture: {bare}"
