@@ -516,6 +516,33 @@ def stream_bandwidth(kernel: str = "triad", *, array_bytes: int | None = None, r
     return moved / statistics.median(times) / 1e9
 
 
+def weight_bytes_read(path) -> tuple[int, int]:
+    """``(bytes of weights one call of the ONNX graph at path reads per token, bytes of weights it stores)``.
+
+    Every initializer is read whole, except a table that only ``Gather`` reads along its first axis (an
+    embedding that is not shared with an output layer): one row per token. A tied embedding, read by the
+    output layer too, is read whole. Lectures 13-14's decode ceilings and lab 10's check count bytes this way.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, position, axis))
+    read = stored = 0
+    for tensor in graph.initializer:
+        nbytes = numpy_helper.to_array(tensor).nbytes
+        stored += nbytes
+        uses = consumers.get(tensor.name, [])
+        gathered = (len(tensor.dims) >= 2 and bool(uses)
+                    and all(op == "Gather" and position == 0 and axis == 0 for op, position, axis in uses))
+        read += nbytes // tensor.dims[0] if gathered else nbytes
+    return read, stored
+
+
 @dataclass(frozen=True)
 class TrafficReport:
     """Bytes one inference moves, counted from the graph, and its arithmetic intensity."""

@@ -21,7 +21,9 @@ SOLUTIONS = sorted((ROOT / "solutions").glob("lab[0-9][0-9]_*.ipynb"))
 #: (citing notebook, cited lecture) -> [(a word beside the citation, a word the cited section's heading contains)]
 CITATIONS = {
     ("lab09_fix_export_conversion", "11"): [("extract_model", "diverge")],
-    ("lab10_language_model_budget", "13"): [("attention", "changes for a transformer"),
+    ("lab10_language_model_budget", "13"): [("held out", "language model"),
+                                            ("attention", "changes for a transformer"),
+                                            ("attention", "KV cache"),
                                             ("MatMulNBits", "Quantisation"),
                                             ("bandwidth", "ceiling")],
     ("14_llm_runtimes_on_device", "13"): [("eager", "changes for a transformer")],

@@ -942,25 +942,11 @@ def weight_bytes(path) -> int:
 
 @lru_cache(maxsize=8)
 def _bytes_read_cached(key: tuple) -> tuple[int, int]:
-    """(weight bytes one decode step reads, bytes of the initializers stored). A table only ``Gather`` reads
-    (an embedding that is not shared with the output layer) gives one row per token, every other initializer
-    is read whole."""
-    import onnx
-    from onnx import numpy_helper
+    """(weight bytes one decode step reads, bytes of the initializers stored): ``dk.bench.weight_bytes_read``,
+    the count lectures 13 and 14 use (a table only ``Gather`` reads: one row per token)."""
+    from ..bench import weight_bytes_read
 
-    graph = onnx.load(key[0]).graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, position))
-    read = stored = 0
-    for tensor in graph.initializer:
-        nbytes = numpy_helper.to_array(tensor).nbytes
-        stored += nbytes
-        uses = consumers.get(tensor.name, [])
-        gathered = uses and all(op == "Gather" and position == 0 for op, position in uses) and len(tensor.dims) >= 2
-        read += nbytes // tensor.dims[0] if gathered else nbytes
-    return read, stored
+    return weight_bytes_read(key[0])
 
 
 @lru_cache(maxsize=8)
