@@ -516,30 +516,44 @@ def stream_bandwidth(kernel: str = "triad", *, array_bytes: int | None = None, r
     return moved / statistics.median(times) / 1e9
 
 
+#: Operators that read a constant table one row per token: (op type, its inputs read that way, its axis attribute).
+ROW_READERS = {"Gather": ((0,), "axis"), "GatherBlockQuantized": ((0, 2, 3), "gather_axis")}
+
+
+def _stored_bytes(tensor) -> int:
+    """Bytes an initializer occupies (packed 4-bit types as stored, not as unpacked by NumPy)."""
+    from onnx import numpy_helper
+
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    return numpy_helper.to_array(tensor).nbytes
+
+
 def weight_bytes_read(path) -> tuple[int, int]:
     """``(bytes of weights one call of the ONNX graph at path reads per token, bytes of weights it stores)``.
 
-    Every initializer is read whole, except a table that only ``Gather`` reads along its first axis (an
-    embedding that is not shared with an output layer): one row per token. A tied embedding, read by the
-    output layer too, is read whole. Lectures 13-14's decode ceilings and lab 10's check count bytes this way.
+    Every initializer is read whole, except a table that is only looked up along its first axis
+    (``Gather``, or ``GatherBlockQuantized``'s quantised data, scales and zero points: an embedding that is
+    not shared with an output layer): one row per token. A tied embedding, which the output layer reads too,
+    is read whole. Lectures 13-14's decode ceilings and lab 10's check count bytes this way. Initializers
+    stored as external data are counted from their files (``onnx.load`` reads them).
     """
     import onnx
-    from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
+    model = onnx.load(str(path))
     consumers: dict[str, list] = {}
-    for node in graph.node:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    for node in model.graph.node:
+        rows, axis_name = ROW_READERS.get(node.op_type, ((), "axis"))
+        axis = next((a.i for a in node.attribute if a.name == axis_name), 0)
         for position, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, position, axis))
+            consumers.setdefault(name, []).append(position in rows and axis == 0)
     read = stored = 0
-    for tensor in graph.initializer:
-        nbytes = numpy_helper.to_array(tensor).nbytes
+    for tensor in model.graph.initializer:
+        nbytes = _stored_bytes(tensor)
         stored += nbytes
         uses = consumers.get(tensor.name, [])
-        gathered = (len(tensor.dims) >= 2 and bool(uses)
-                    and all(op == "Gather" and position == 0 and axis == 0 for op, position, axis in uses))
-        read += nbytes // tensor.dims[0] if gathered else nbytes
+        by_row = len(tensor.dims) >= 2 and tensor.dims[0] > 0 and bool(uses) and all(uses)
+        read += nbytes // tensor.dims[0] if by_row else nbytes
     return read, stored
 
 

@@ -109,12 +109,16 @@ def split_documents(topics: dict[str, str], held_out: tuple[str, ...] | list[str
             training[name] = "\n\n".join(kept)
     training_grams = word_ngrams(join_documents(training), n)
     while word_ngrams(join_documents(held), n) & training_grams:
+        before = dict(held)
         for name, text in held.items():
             parts = paragraphs(text)
             joined = [" ".join(parts[max(0, i - 1):i + 2]) for i in range(len(parts))]  # with its neighbours
             kept = [part for part, around in zip(parts, joined)
                     if not (word_ngrams(part, n) & training_grams) and not (word_ngrams(around, n) & training_grams)]
             held[name] = "\n\n".join(kept)
+        if held == before:  # what still matches runs across two held-out topics: no paragraph to drop
+            raise ValueError(f"a run of {n} words across two held-out topics occurs in the training text: "
+                             "hold out other topics, or a different n")
     return training, held
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.bench import (
@@ -213,3 +214,36 @@ def test_the_benchmark_script_prints_busy_rows_instead_of_their_ratio():
     flagged = tool.flag_contention(rows)
     assert flagged[1]["contended"] and "118.9x" in flagged[1]["contended"]
     assert not flagged[0]["contended"] and not flagged[2]["contended"] and not flagged[3]["contended"]
+
+
+def test_weight_bytes_read_counts_one_row_of_a_looked_up_table(tmp_path):
+    from deploykit.bench import weight_bytes_read
+
+    table = numpy_helper.from_array(np.ones((100, 8), np.float32), "table")  # 3200 bytes, 32 per row
+    head = numpy_helper.from_array(np.ones((8, 5), np.float32), "head")  # 160 bytes, read whole
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5])
+
+    def save(nodes, initializers, name, domains=()):
+        graph = helper.make_graph(nodes, name, [ids], [out], initializer=initializers)
+        opsets = [helper.make_opsetid("", 18)] + [helper.make_opsetid(d, 1) for d in domains]
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+        return path
+
+    gather = helper.make_node("Gather", ["table", "ids"], ["row"])
+    matmul = helper.make_node("MatMul", ["row", "head"], ["out"])
+    assert weight_bytes_read(save([gather, matmul], [table, head], "untied")) == (32 + 160, 3200 + 160)
+    # Tied: the output layer reads the same table through a Transpose, so a step reads all of it.
+    tied = [gather, helper.make_node("Transpose", ["table"], ["table_t"]), helper.make_node("MatMul", ["row", "table_t"], ["out"])]
+    assert weight_bytes_read(save(tied, [table], "tied")) == (3200, 3200)
+    # A quantised table looked up by GatherBlockQuantized: its 4-bit data (stored packed) and scales, one row each.
+    packed = helper.make_tensor("table_q4", TensorProto.UINT4, [100, 8], vals=bytes(400), raw=True)  # 4 bytes per row
+    scales = numpy_helper.from_array(np.ones((100, 1), np.float32), "table_scales")  # 4 bytes per row
+    lookup = helper.make_node("GatherBlockQuantized", ["table_q4", "ids", "table_scales"], ["row"], domain="com.microsoft",
+                              block_size=8, gather_axis=0, quantize_axis=1)
+    path = save([lookup, matmul], [packed, scales, head], "quantised", domains=("com.microsoft",))
+    assert weight_bytes_read(path) == (4 + 4 + 160, 400 + 400 + 160)
+    # Along another axis it is not a row lookup: read whole.
+    sideways = helper.make_node("Gather", ["table", "ids"], ["row"], axis=1)
+    assert weight_bytes_read(save([sideways, matmul], [table, head], "sideways"))[0] == 3200 + 160

@@ -73,6 +73,13 @@ def test_split_drops_repeated_passages_and_nothing_else():
     assert held == {"held": "one two three four five"}
     assert training == {"a": "six seven eight", "b": "zero\n\nnine ten"}  # the shared paragraph is gone
     assert lm.shared_ngram_fraction("x one two three y", "one two three", n=3) == pytest.approx(1 / 3)
+    # A held-out paragraph that matches only across a training paragraph boundary goes too.
+    training, held = lm.split_documents({"t": "a b c\n\nd e f", "h": "x\n\nc d e\n\ny"}, held_out=("h",), n=3)
+    assert training == {"t": "a b c\n\nd e f"} and "c d e" not in held["h"] and lm.word_ngrams(held["h"], 3) == set()
+    # A run across two held-out topics cannot be dropped paragraph by paragraph: refused, not looped over.
+    with pytest.raises(ValueError, match="across two held-out topics"):
+        lm.split_documents({"h1": "one two three", "h2": "four five six", "t": "three four five"},
+                           held_out=("h1", "h2"), n=3)
     with pytest.raises(ValueError, match="not among the documents"):
         lm.split_documents(topics, held_out=("missing",))
     with pytest.raises(ValueError, match="fewer than 12 words"):
