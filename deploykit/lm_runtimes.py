@@ -8,11 +8,17 @@ The conversions themselves (ONNX Runtime GenAI's model builder, ``torch.export``
   ``.build.json`` beside it so a warm run can still say how long the conversion took;
   :func:`start_build` does the same for a conversion command run in a process of its own, in the
   background until ``.wait()``;
-* one runner per runtime with the same two calls, ``start(prompt_ids) -> first token`` (a fresh
-  cache, the prompt's prefill, greedy choice) and ``step() -> next token`` (one decode step on the
-  token chosen last), so every runtime is timed by the same code (:func:`measure`);
+* one runner per runtime with the same calls: ``reset()`` (the set-up of a new generation: a fresh
+  cache, generator or session state), ``prefill(prompt_ids) -> first token`` (every prompt position
+  computed, then the greedy choice), ``start(prompt_ids)`` (the two together) and ``step() -> next
+  token`` (one decode step on the token chosen last), so every runtime is timed by the same code
+  (:func:`measure`), set-up apart from time to first token;
 * :func:`measure_in_subprocess`: :func:`measure` in a fresh Python process per runtime, so that its
-  peak resident memory is that runtime's own and not the notebook's.
+  peak resident memory is that runtime's own and not the notebook's; :func:`measure_rounds`: that, in
+  repeated rounds whose order alternates (``deploykit.bench.benchmark_rounds``' rule), and
+  :func:`overlap_verdict`: a winner only where the rounds do not overlap;
+* :func:`step_read_bytes`: the weight bytes one decode step reads, counted from an ONNX graph, a
+  ``.tflite`` signature or a PyTorch module (each weight once, a lookup table one row).
 
 ONNX Runtime and ONNX Runtime GenAI record usage events in an offline store on disk
 (``~/.cache/Microsoft/DeveloperTools/.onnxruntime/*.db``, Microsoft's 1DS telemetry SDK) unless
@@ -31,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -196,13 +202,14 @@ def size_bytes(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Runners: start(prompt_ids) -> first token, step() -> next token. Greedy (argmax) everywhere.
+# Runners: reset() -> set-up, prefill(prompt_ids) -> first token, start = both, step() -> next token.
+# Greedy (argmax) everywhere.
 
 
 def _check_prompt(prompt_ids) -> list[int]:
     ids = [int(i) for i in prompt_ids]
     if not ids:
-        raise ValueError("start expected a non-empty list of prompt token ids")
+        raise ValueError("prefill expected a non-empty list of prompt token ids")
     return ids
 
 
@@ -219,7 +226,30 @@ def _require(path, what: str) -> Path:
     return path
 
 
-class TorchRunner:
+class Runner:
+    """The calls every runtime's runner has. ``reset()``: the set-up of a new generation (what a fresh
+    cache, generator or session costs; timed apart from the first token). ``prefill(prompt_ids)``:
+    every prompt position computed, then the greedy choice of the first new token (time to first
+    token). ``step()``: one decode step on the token chosen last."""
+
+    kind = ""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def prefill(self, prompt_ids) -> int:
+        raise NotImplementedError
+
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def start(self, prompt_ids) -> int:
+        """A new generation: ``reset()`` then ``prefill(prompt_ids)``; the first token."""
+        self.reset()
+        return self.prefill(prompt_ids)
+
+
+class TorchRunner(Runner):
     """PyTorch eager, ``transformers``' own ``DynamicCache`` (the reference)."""
 
     kind = "torch"
@@ -233,11 +263,13 @@ class TorchRunner:
         self.torch = torch
         self.model, _ = load_language_model()
 
-    def start(self, prompt_ids) -> int:
+    def reset(self) -> None:
         from transformers.cache_utils import DynamicCache
 
+        self.cache = DynamicCache()  # empty: it grows as the prefill and every step append to it
+
+    def prefill(self, prompt_ids) -> int:
         ids = self.torch.tensor([_check_prompt(prompt_ids)])
-        self.cache = DynamicCache()
         self.length = ids.shape[1]
         with self.torch.inference_mode():
             logits = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True).logits
@@ -254,7 +286,7 @@ class TorchRunner:
         return self.last
 
 
-class OrtLoopRunner:
+class OrtLoopRunner(Runner):
     """Lecture 13's loop: ONNX Runtime sessions of the prefill and decode graphs, the KV cache as
     stacked tensors fed back by Python."""
 
@@ -267,26 +299,29 @@ class OrtLoopRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _check_threads(threads)
         self.np = np
-        self.prefill = ort.InferenceSession(str(_require(prefill_path, "prefill graph")), options,
-                                            providers=["CPUExecutionProvider"])
-        self.decode = ort.InferenceSession(str(_require(decode_path, "decode graph")), options,
-                                           providers=["CPUExecutionProvider"])
+        self.prefill_session = ort.InferenceSession(str(_require(prefill_path, "prefill graph")), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.decode_session = ort.InferenceSession(str(_require(decode_path, "decode graph")), options,
+                                                   providers=["CPUExecutionProvider"])
 
-    def start(self, prompt_ids) -> int:
+    def reset(self) -> None:
+        self.keys = self.values = None  # nothing to allocate: the prefill graph returns the first cache
+
+    def prefill(self, prompt_ids) -> int:
         ids = self.np.array([_check_prompt(prompt_ids)], dtype=self.np.int64)
-        logits, self.keys, self.values = self.prefill.run(None, {"input_ids": ids})
+        logits, self.keys, self.values = self.prefill_session.run(None, {"input_ids": ids})
         self.last = int(logits[0, -1].argmax())
         return self.last
 
     def step(self) -> int:
         feed = {"input_ids": self.np.array([[self.last]], dtype=self.np.int64), "past_keys": self.keys,
                 "past_values": self.values}
-        logits, self.keys, self.values = self.decode.run(None, feed)
+        logits, self.keys, self.values = self.decode_session.run(None, feed)
         self.last = int(logits[0, -1].argmax())
         return self.last
 
 
-class GenaiRunner:
+class GenaiRunner(Runner):
     """ONNX Runtime GenAI: ``og.Model`` from the model builder's folder, ``og.Generator`` greedy."""
 
     kind = "genai"
@@ -301,20 +336,52 @@ class GenaiRunner:
         self.model = og.Model(config)
         self.max_length = max_length
 
-    def start(self, prompt_ids) -> int:
-        ids = _check_prompt(prompt_ids)
+    def reset(self) -> None:
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(do_sample=False, max_length=self.max_length)
-        self.generator = self.og.Generator(self.model, params)
-        self.generator.append_tokens([ids])  # runs the prefill
-        return self.step()
+        self.generator = self.og.Generator(self.model, params)  # its state: a cache buffer of max_length positions
+
+    def prefill(self, prompt_ids) -> int:
+        self.generator.append_tokens([_check_prompt(prompt_ids)])  # runs the model on the whole prompt
+        return self.step()  # the first call runs no model: it picks from the prompt's last logits
 
     def step(self) -> int:
         self.generator.generate_next_token()  # runs the model on the last token (not on the first call), picks the next
         return int(self.generator.get_next_tokens()[0])
 
 
-class ExecuTorchRunner:
+def executorch_runtime():
+    """``(portable_lib, Runtime)``: ExecuTorch's Python binding and its runtime API, without its exporter.
+
+    ``executorch.extension.pybindings.portable_lib`` imports ``executorch.exir`` (the whole exporter:
+    ``torch._dynamo``, ``torch._inductor``, ``torchao``; seconds and a few hundred MB) for a single name,
+    the warning class of ``executorch.exir._warnings``. Running a program needs none of it. Unless the
+    exporter is loaded already, that one small module is loaded on its own, the binding imported, and
+    ``executorch.exir`` left unimported (a later ``import executorch.exir`` loads it whole, as usual).
+    """
+    import importlib.util
+    import types
+
+    if "executorch.extension.pybindings.portable_lib" not in sys.modules and "executorch.exir" not in sys.modules:
+        found = importlib.util.find_spec("executorch")
+        folder = Path(next(iter(found.submodule_search_locations))) / "exir"
+        package = types.ModuleType("executorch.exir")
+        package.__path__ = [str(folder)]
+        spec = importlib.util.spec_from_file_location("executorch.exir._warnings", folder / "_warnings.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["executorch.exir"], sys.modules["executorch.exir._warnings"] = package, module
+        try:
+            spec.loader.exec_module(module)
+            from executorch.extension.pybindings import portable_lib  # noqa: F401
+        finally:
+            del sys.modules["executorch.exir"], sys.modules["executorch.exir._warnings"]
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    return portable_lib, Runtime
+
+
+class ExecuTorchRunner(Runner):
     """ExecuTorch: a ``.pte`` program with a static KV cache inside (``transformers``' exportable
     module), run by ``executorch.runtime``; ``cache_position`` says where the new tokens go."""
 
@@ -322,18 +389,22 @@ class ExecuTorchRunner:
 
     def __init__(self, pte_path, threads: int = 1):
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
 
+        portable_lib, Runtime = executorch_runtime()
         portable_lib._unsafe_reset_threadpool(_check_threads(threads))  # XNNPACK's threads
         self.torch = torch
         program = Runtime.get().load_program(str(_require(pte_path, "ExecuTorch program (.pte)")))
         self.method = program.load_method("forward")
 
-    def start(self, prompt_ids) -> int:
+    def reset(self) -> None:
+        # The static cache stays inside the method: a new generation writes from position 0, and the
+        # causal mask built from cache_position hides every slot not yet written again.
+        self.position = 0
+
+    def prefill(self, prompt_ids) -> int:
         ids = _check_prompt(prompt_ids)
-        logits = self.method.execute([self.torch.tensor([ids]), self.torch.arange(len(ids))])[0]
-        self.position = len(ids)
+        logits = self.method.execute([self.torch.tensor([ids]), self.torch.arange(self.position, self.position + len(ids))])[0]
+        self.position += len(ids)
         self.last = int(logits[0, -1].argmax())
         return self.last
 
@@ -344,9 +415,14 @@ class ExecuTorchRunner:
         return self.last
 
 
-class LiteRTRunner:
+class LiteRTRunner(Runner):
     """LiteRT: the ``prefill_<N>``/``decode`` signatures of a ``.tflite`` (fixed-size KV cache, ``input_pos``,
-    ``mask``), run by ``ai_edge_litert`` signature runners through ``deploykit.lm_litert.SignatureLM``."""
+    ``mask``), run by ``ai_edge_litert`` signature runners through ``deploykit.lm_litert.SignatureLM``.
+
+    The prefill signature returns the caches only, no logits: the prompt's last position goes through
+    the decode signature, which returns them. So ``prefill`` is the prefill call (every prompt token but
+    the last, padded to N) plus one decode call (the last): a prompt of N + 1 tokens computes N + 1
+    positions, as the other runtimes' single call does, with no padding."""
 
     kind = "litert"
 
@@ -360,7 +436,12 @@ class LiteRTRunner:
         self.lm = SignatureLM(load_interpreter(_require(model_path, "LiteRT model (.tflite)"),
                                                num_threads=_check_threads(threads)))
 
-    def start(self, prompt_ids) -> int:
+    def reset(self) -> None:
+        # SignatureLM.start empties the cache itself (a dict of the zero buffers made at load: no
+        # allocation, microseconds), so there is nothing to set up apart from it.
+        pass
+
+    def prefill(self, prompt_ids) -> int:
         self.last = int(self.np.argmax(self.lm.start(self.np.array(_check_prompt(prompt_ids), dtype=self.np.int64))))
         return self.last
 
@@ -425,34 +506,48 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, warmup: int = 3,
-            repeats: int = 10) -> dict:
-    """Time to first token and decode speed of one runtime, in this process.
-
-    For each thread count: a runner is made; **time to first token** is ``start(prompt)`` (a fresh
-    cache, the prefill, the greedy choice), ``warmup`` untimed then ``repeats`` timed; **decode** is
-    ``step()`` timed one token at a time, ``warmup`` untimed steps then ``decode_steps`` timed ones,
-    after a fresh ``start``, ``repeats`` times over (every step sample kept). Median and 90th
-    percentile of each, and the peak resident memory of the process.
-    """
+def _stats(samples: list[float]) -> dict:
     from .bench import percentile
 
+    return {"median": percentile(samples, 50), "p90": percentile(samples, 90), "n": len(samples),
+            "samples": [round(s, 6) for s in samples]}
+
+
+def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, warmup: int = 3,
+            repeats: int = 10) -> dict:
+    """Set-up, time to first token and decode speed of one runtime, in this process.
+
+    For each thread count: a runner is made; ``warmup`` untimed then ``repeats`` timed generations
+    are started, each timed in two parts: **set-up** is ``reset()`` (a fresh cache, generator or
+    session state) and **time to first token** is ``prefill(prompt)`` (every prompt position, then
+    the greedy choice). **Decode** is ``step()`` timed one token at a time, ``warmup`` untimed steps
+    then ``decode_steps`` timed ones, after a fresh ``start``, ``repeats`` times over (every step
+    sample kept). Median, 90th percentile and the samples of each; the positions the timed steps
+    decode at; the peak resident memory of the process.
+    """
     prompt_ids = _check_prompt(prompt_ids)
     if not isinstance(threads, (tuple, list)) or not threads:
         raise ValueError(f"measure expected threads as a non-empty tuple like (1, 2), got {threads!r}")
     for name, value, low in (("decode_steps", decode_steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"measure expected {name} >= {low}, got {value!r}")
     rss_before = peak_rss_mb()
-    results = {"spec": spec, "prompt_tokens": len(prompt_ids), "by_threads": {}}
+    results = {"spec": spec, "prompt_tokens": len(prompt_ids), "warmup": warmup, "repeats": repeats,
+               "decode_steps": decode_steps, "batch": 1,
+               "decode_positions": [len(prompt_ids) + warmup, len(prompt_ids) + warmup + decode_steps - 1],
+               "by_threads": {}}
     for count in threads:
         runner = make_runner(spec, _check_threads(count))
-        first = []
+        setup, first = [], []
         for i in range(warmup + repeats):
             start = time.perf_counter()
-            runner.start(prompt_ids)
+            runner.reset()
+            prefill = time.perf_counter()
+            runner.prefill(prompt_ids)
+            end = time.perf_counter()
             if i >= warmup:
-                first.append((time.perf_counter() - start) * 1e3)
+                setup.append((prefill - start) * 1e3)
+                first.append((end - prefill) * 1e3)
         steps = []
         for _ in range(repeats):
             runner.start(prompt_ids)
@@ -461,14 +556,13 @@ def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, w
                 runner.step()
                 if i >= warmup:
                     steps.append((time.perf_counter() - start) * 1e3)
-        results["by_threads"][str(count)] = {
-            "ttft_ms": {"median": percentile(first, 50), "p90": percentile(first, 90), "n": len(first)},
-            "step_ms": {"median": percentile(steps, 50), "p90": percentile(steps, 90), "n": len(steps)},
-            "tokens_per_s": 1e3 / percentile(steps, 50),
-        }
+        step = _stats(steps)
+        results["by_threads"][str(count)] = {"setup_ms": _stats(setup), "ttft_ms": _stats(first), "step_ms": step,
+                                             "tokens_per_s": 1e3 / step["median"]}
         del runner
     results["rss_before_mb"] = rss_before
     results["peak_rss_mb"] = peak_rss_mb()
+    results["pid"] = os.getpid()
     return results
 
 
@@ -491,53 +585,370 @@ def measure_in_subprocess(spec: dict, prompt_ids, *, timeout: float = 300, **kwa
     this runtime's process alone: interpreter, its libraries, the model and the run."""
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
         raise ValueError(f"measure_in_subprocess expected a spec with a kind in {KINDS}, got {spec!r}")
-    _return_freed_memory()
-    request = json.dumps({"spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.items()},
-                          "prompt_ids": _check_prompt(prompt_ids), "kwargs": kwargs})
-    done = subprocess.run([sys.executable, "-m", "deploykit.lm_runtimes"], input=request, capture_output=True,
-                          text=True, timeout=timeout)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-        raise RuntimeError(f"measuring {spec.get('kind')} in a subprocess failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    worker = _Worker()
+    try:
+        return worker.measure(spec, prompt_ids, timeout=timeout, **kwargs)
+    finally:
+        worker.close()
+
+
+def _request(spec: dict, prompt_ids, kwargs: dict) -> str:
+    return json.dumps({"spec": {k: str(v) if isinstance(v, Path) else v for k, v in spec.items()},
+                       "prompt_ids": _check_prompt(prompt_ids), "kwargs": kwargs}) + "\n"
+
+
+class _Worker:
+    """A measuring process, ``python -m deploykit.lm_runtimes``: requests in, results out, one JSON line each.
+    Its stdout is read by a thread (lines queued, so a wait can time out); its stderr goes to a file, read
+    only to explain a failure, so that no pipe fills up."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        _return_freed_memory()
+        self.errors = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([sys.executable, "-m", "deploykit.lm_runtimes"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.errors, text=True)
+        self.lines: queue.Queue = queue.Queue()
+
+        def read():
+            for line in self.process.stdout:
+                self.lines.put(line)
+            self.lines.put(None)  # the process closed its output: it has ended
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def measure(self, spec: dict, prompt_ids, *, timeout: float = 300, **kwargs) -> dict:
+        import queue
+
+        request = _request(spec, prompt_ids, kwargs)
+        deadline = time.monotonic() + timeout
+        try:
+            self.process.stdin.write(request)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it has exited: said below
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                line, why = None, f"no result within {timeout:g} s"
+            else:
+                why = None
+            if line is not None and line.startswith("{"):
+                return json.loads(line)
+            if line is None:
+                self.close(kill=True)
+                self.errors.seek(0)
+                tail = "\n".join(self.errors.read().strip().splitlines()[-6:])
+                raise RuntimeError(f"measuring {spec.get('kind')} in a subprocess failed "
+                                   f"({why or f'exit {self.process.returncode}'}):\n{tail}")
+
+    def close(self, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Repeated, alternated rounds: one process per runtime and round
+
+
+def spread(values) -> tuple[float, float, float]:
+    """(median, lowest, highest) of one figure over the rounds."""
+    import statistics
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("spread expected at least one value")
+    return statistics.median(values), min(values), max(values)
+
+
+@dataclass
+class RuntimeRounds:
+    """One runtime measured in several rounds, each round a fresh process (:func:`measure`'s result)."""
+
+    label: str
+    rounds: tuple
+    process_seconds: tuple
+    reused: tuple = ()  # per round: whether the process was the one of the measurement just before
+
+    def result(self, metric: str, threads: int = 1):
+        """A ``deploykit.bench.RoundsResult`` (ms per call, one tuple of samples per round) of ``metric``:
+        ``"setup"``, ``"ttft"`` or ``"step"``, at ``threads``."""
+        from .bench import RoundsResult
+
+        if metric not in ("setup", "ttft", "step"):
+            raise ValueError(f"result expected metric 'setup', 'ttft' or 'step', got {metric!r}")
+        key = str(threads)
+        if any(key not in r["by_threads"] for r in self.rounds):
+            raise ValueError(f"{self.label}: not measured at {threads} thread(s) in every round")
+        return RoundsResult(f"{self.label}, {metric}",
+                            tuple(tuple(r["by_threads"][key][f"{metric}_ms"]["samples"]) for r in self.rounds),
+                            warmup=self.rounds[0]["warmup"], threads=threads, batch=self.rounds[0].get("batch", 1))
+
+    def ms(self, metric: str, threads: int = 1) -> tuple[float, float, float]:
+        """(median of every sample, lowest round median, highest round median), ms."""
+        measured = self.result(metric, threads)
+        return (measured.median_ms, *measured.spread_ms)
+
+    def tokens_per_s(self, threads: int = 1) -> tuple[float, float, float]:
+        """Decode tokens/s, 1000 / the median step: (over every sample, slowest round, fastest round)."""
+        median, low, high = self.ms("step", threads)
+        return 1e3 / median, 1e3 / high, 1e3 / low
+
+    def tail(self, metric: str, threads: int = 1) -> tuple[str, float]:
+        """("p90", ms) over every round's samples, or ("max", ms) when they are too few for a p90."""
+        return self.result(metric, threads).tail
+
+    @property
+    def peak_rss_mb(self) -> tuple[float, float, float]:
+        return spread(r["peak_rss_mb"] for r in self.rounds)
+
+
+def measure_rounds(specs: dict, prompt_ids, *, rounds: int = 3, timeout: float = 300, **kwargs) -> dict:
+    """:func:`measure` for every spec of ``specs`` (label -> spec), in ``rounds`` rounds, each runtime in a
+    process of its own: each round runs every runtime once, and the order alternates between rounds
+    (``deploykit.bench.benchmark_rounds`` orders them: A B C, C B A, A B C ...), so that no runtime
+    always runs first or always after the same neighbour. One measuring process runs at a time. A
+    runtime measured twice in a row (the last of one round is the first of the next) stays in the
+    process it has; every other measurement starts a fresh one. ``kwargs`` go to :func:`measure`.
+    Returns label -> :class:`RuntimeRounds`, with the wall time of each measurement (a fresh
+    process's start included) and whether its process was reused."""
+    from .bench import benchmark_rounds
+
+    if not isinstance(specs, dict) or not specs:
+        raise ValueError("measure_rounds expected a non-empty dict of label -> spec")
+    for label, spec in specs.items():
+        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+            raise ValueError(f"measure_rounds: the spec of {label!r} needs a kind in {KINDS}, got {spec!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"measure_rounds expected rounds >= 1, got {rounds!r}")
+    prompt_ids = _check_prompt(prompt_ids)
+    collected = {label: [] for label in specs}
+    reused = {label: [] for label in specs}
+    current = {"label": None, "worker": None}
+
+    def run(label):
+        def call():
+            if current["label"] != label:  # another runtime: its process ends before this one's starts
+                if current["worker"] is not None:
+                    current["worker"].close()
+                current.update(label=label, worker=None)
+                current["worker"] = _Worker()
+                reused[label].append(False)
+            else:
+                reused[label].append(True)
+            collected[label].append(current["worker"].measure(specs[label], prompt_ids, timeout=timeout, **kwargs))
+        return call
+
+    # One timed call per runtime and round, no warm-up: each call is a whole measurement.
+    try:
+        walls = benchmark_rounds({label: run(label) for label in specs}, rounds=rounds, warmup=0, repeats=1)
+    finally:
+        if current["worker"] is not None:
+            current["worker"].close()
+    return {label: RuntimeRounds(label if isinstance(label, str) else ", ".join(map(str, label)), tuple(collected[label]),
+                                 tuple(ms / 1e3 for ms in walls[label].samples), tuple(reused[label]))
+            for label in specs}
+
+
+def overlap_verdict(ranges: dict, *, lower_is_better: bool = True) -> tuple:
+    """``(best, tied)``: the label with the best median of ``ranges`` (label -> (median, lowest,
+    highest) over the rounds, as :func:`spread` gives), and the others whose range overlaps it. Only
+    when ``tied`` is empty is ``best`` a winner: otherwise another round could crown another one
+    (lecture 09's rule for alternated rounds)."""
+    if not isinstance(ranges, dict) or len(ranges) < 2:
+        raise ValueError("overlap_verdict expected at least two labels with (median, lowest, highest)")
+    for label, value in ranges.items():
+        if len(value) != 3 or not value[1] <= value[0] <= value[2]:
+            raise ValueError(f"overlap_verdict: {label!r} needs (median, lowest, highest) with lowest <= median <= highest, got {value!r}")
+    pick = min if lower_is_better else max
+    best = pick(ranges, key=lambda label: ranges[label][0])
+    _, low, high = ranges[best]
+    tied = [label for label, (_, lo, hi) in ranges.items() if label != best and (lo <= high if lower_is_better else hi >= low)]
+    return best, tied
+
+
+# ----------------------------------------------------------------------------------------------
+# What one decode step reads
+
+
+#: Operators that read one row of a table per token: (op, input positions that are tables).
+ONNX_LOOKUPS = {"Gather": {0}, "GatherBlockQuantized": {0, 2, 3}, "GroupQueryAttention": {7, 8}}
+TFLITE_LOOKUPS = {"GATHER": {0}, "EMBEDDING_LOOKUP": {1}}
+
+
+def _one_row(nbytes: int, shape) -> int:
+    return nbytes // int(shape[0]) if len(shape) and int(shape[0]) > 0 else nbytes
+
+
+def _onnx_step_bytes(path: Path) -> int:
+    import math
+
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph  # sizes from dims: no weight is read
+    uses: dict[str, list] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, position))
+    total = 0
+    for tensor in graph.initializer:
+        consumers = uses.get(tensor.name)
+        if not consumers:
+            continue  # read by no node
+        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            nbytes = (math.prod(tensor.dims) + 1) // 2
+        else:
+            nbytes = math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        lookup = all(position in ONNX_LOOKUPS.get(op, ()) for op, position in consumers)
+        total += _one_row(nbytes, tensor.dims) if lookup else nbytes
+    return total
+
+
+def _tflite_step_bytes(path: Path, signature: str) -> int:
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    keys = {model.SignatureDefs(i).SignatureKey().decode(): model.SignatureDefs(i).SubgraphIndex()
+            for i in range(model.SignatureDefsLength())}
+    if signature not in keys:
+        raise ValueError(f"step_read_bytes: no signature {signature!r} in {Path(path).name}; it has {sorted(keys)}")
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    graph = model.Subgraphs(keys[signature])
+    uses: dict[int, list] = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+        for position in range(op.InputsLength()):
+            if op.Inputs(position) >= 0:
+                uses.setdefault(op.Inputs(position), []).append((name, position))
+    by_buffer: dict[int, int] = {}
+    for index, consumers in uses.items():
+        tensor = graph.Tensors(index)
+        buffer = model.Buffers(tensor.Buffer())
+        nbytes = buffer.DataLength() or (buffer.Size() if buffer.Offset() > 1 else 0)
+        if not nbytes:
+            continue  # not a constant: an activation, an input or the cache
+        quantization = tensor.Quantization()
+        scales = 4 * quantization.ScaleLength() if quantization is not None else 0
+        shape = tensor.ShapeAsNumpy().tolist() if tensor.ShapeLength() else []
+        lookup = all(position in TFLITE_LOOKUPS.get(op, ()) for op, position in consumers)
+        read = _one_row(nbytes, shape) + _one_row(scales, [shape[0]] if scales > 4 else []) if lookup else nbytes + scales
+        by_buffer[tensor.Buffer()] = max(by_buffer.get(tensor.Buffer(), 0), read)  # a buffer two tensors share: once
+    return sum(by_buffer.values())
+
+
+def _torch_step_bytes(model) -> int:
+    import torch
+
+    by_storage: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            nbytes = parameter.numel() * parameter.element_size()
+            read = _one_row(nbytes, parameter.shape) if isinstance(module, torch.nn.Embedding) else nbytes
+            key = parameter.data_ptr()  # a tied weight (embedding = lm_head) is one storage: counted once
+            by_storage[key] = max(by_storage.get(key, 0), read)
+    return sum(by_storage.values())
+
+
+def step_read_bytes(source, *, signature: str = "decode") -> int:
+    """Bytes of weights one decode step reads, counted from what the runtime runs.
+
+    ``source``: an ONNX graph (``.onnx``; its external data is not loaded), a ``.tflite`` (the
+    ``signature`` that decodes) or a PyTorch module. Every weight is counted once, however many
+    nodes or names share it (a tied embedding and output layer are one table); a table that is only
+    looked up (an embedding's ``Gather``/``EMBEDDING_LOOKUP``, a rotary cos/sin cache) counts one row:
+    a step looks up one token. The KV cache is not in it (it grows with the context):
+    ``language_model.kv_cache_bytes`` gives it.
+    """
+    import torch
+
+    if isinstance(source, torch.nn.Module):
+        return _torch_step_bytes(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"step_read_bytes: no file {path}")
+        if path.suffix == ".onnx":
+            return _onnx_step_bytes(path)
+        if path.suffix == ".tflite":
+            return _tflite_step_bytes(path, signature)
+        raise ValueError(f"step_read_bytes reads .onnx and .tflite files, got {path.name}")
+    raise TypeError(f"step_read_bytes expected an .onnx/.tflite path or a torch.nn.Module, got {type(source).__name__}")
 
 
 @dataclass
 class Row:
-    """One line of the lecture's table: a runtime at one precision."""
+    """One line of the lecture's table: a runtime at one precision, each figure (median, lowest round,
+    highest round) over the rounds, and the bandwidth ceiling of its decode step."""
 
     runtime: str
     precision: str
-    file_mb: float
-    ttft_ms: float
-    ttft_p90_ms: float
-    tokens_per_s_1: float
-    tokens_per_s_2: float
-    step_p90_ms_1: float
-    peak_rss_mb: float
+    weight_mb: float
+    kv_mb: float
+    setup_ms: tuple
+    ttft_ms: tuple
+    ttft_tail: tuple
+    tokens_per_s_1: tuple
+    step_tail_1: tuple
+    tokens_per_s_2: tuple
+    peak_rss_mb: tuple
     ceiling_tokens_per_s: float
+    measured: RuntimeRounds
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def read_mb(self) -> float:
+        """MB one decode step reads: weights and KV cache."""
+        return self.weight_mb + self.kv_mb
+
+    @property
+    def of_ceiling(self) -> float:
+        """Median decode tokens/s at 1 thread as a fraction of the ceiling."""
+        return self.tokens_per_s_1[0] / self.ceiling_tokens_per_s
 
 
-def row(runtime: str, precision: str, measured: dict, weight_bytes: int, bandwidth_gbs: float) -> Row:
-    """A table row from :func:`measure`'s result; the ceiling is bandwidth / bytes read per token."""
-    if weight_bytes <= 0 or bandwidth_gbs <= 0:
-        raise ValueError(f"row expected positive weight_bytes and bandwidth_gbs, got {weight_bytes}, {bandwidth_gbs}")
-    one, two = measured["by_threads"].get("1"), measured["by_threads"].get("2")
-    if one is None:
-        raise ValueError("row expected a measurement at 1 thread (measure(..., threads=(1, 2)))")
-    return Row(runtime, precision, weight_bytes / 1e6, one["ttft_ms"]["median"], one["ttft_ms"]["p90"],
-               one["tokens_per_s"], two["tokens_per_s"] if two else float("nan"), one["step_ms"]["p90"],
-               measured["peak_rss_mb"], bandwidth_gbs * 1e9 / weight_bytes)
+def row(runtime: str, precision: str, measured: RuntimeRounds, *, weight_bytes: int, kv_bytes: int,
+        bandwidth_gbs: float) -> Row:
+    """A table row from :func:`measure_rounds`' result for one runtime; the ceiling is bandwidth / (the
+    weight bytes a step reads + the KV-cache bytes it reads), ``language_model.decode_ceiling``."""
+    from .language_model import decode_ceiling
+
+    if not isinstance(measured, RuntimeRounds):
+        raise TypeError(f"row expected a RuntimeRounds (measure_rounds' result for one runtime), got {type(measured).__name__}")
+    if weight_bytes <= 0 or bandwidth_gbs <= 0 or kv_bytes < 0:
+        raise ValueError(f"row expected positive weight_bytes and bandwidth_gbs and kv_bytes >= 0, got "
+                         f"{weight_bytes}, {bandwidth_gbs}, {kv_bytes}")
+    threads = set.intersection(*(set(r["by_threads"]) for r in measured.rounds))
+    if "1" not in threads:
+        raise ValueError("row expected a measurement at 1 thread (measure_rounds(..., threads=(1, 2)))")
+    nan = (float("nan"),) * 3
+    return Row(runtime, precision, weight_bytes / 1e6, kv_bytes / 1e6, measured.ms("setup"), measured.ms("ttft"),
+               measured.tail("ttft"), measured.tokens_per_s(1), measured.tail("step"),
+               measured.tokens_per_s(2) if "2" in threads else nan, measured.peak_rss_mb,
+               decode_ceiling(bandwidth_gbs, weight_bytes, kv_bytes), measured)
 
 
 def _main() -> None:
-    request = json.loads(sys.stdin.read())
-    result = measure(request["spec"], request["prompt_ids"], **request.get("kwargs", {}))
-    print(json.dumps(result))
+    """``python -m deploykit.lm_runtimes``: one JSON request per line on stdin (``spec``, ``prompt_ids``,
+    ``kwargs``), :func:`measure`'s result as one JSON line on stdout for each, until stdin ends."""
+    for line in sys.stdin:
+        if line.strip():
+            request = json.loads(line)
+            result = measure(request["spec"], request["prompt_ids"], **request.get("kwargs", {}))
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

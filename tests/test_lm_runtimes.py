@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -287,15 +288,326 @@ def test_torch_runner_matches_generate_and_measure_reports_every_field():
     with torch.inference_mode():
         expected = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                   max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
-    assert lr.greedy(lr.make_runner({"kind": "torch"}), prompt, 8) == expected
+    runner = lr.make_runner({"kind": "torch"})
+    assert lr.greedy(runner, prompt, 8) == expected
+    runner.reset()  # set-up and prefill apart give the same first token as start
+    assert runner.prefill(prompt) == expected[0] and runner.step() == expected[1]
     result = lr.measure({"kind": "torch"}, prompt, threads=(1,), decode_steps=2, warmup=0, repeats=2)
     one = result["by_threads"]["1"]
-    assert one["ttft_ms"]["n"] == 2 and one["step_ms"]["n"] == 4
-    assert one["ttft_ms"]["p90"] >= one["ttft_ms"]["median"] > 0 and one["tokens_per_s"] > 0
+    assert one["ttft_ms"]["n"] == 2 and one["setup_ms"]["n"] == 2 and one["step_ms"]["n"] == 4
+    assert len(one["step_ms"]["samples"]) == 4 and one["ttft_ms"]["p90"] >= one["ttft_ms"]["median"] > 0
+    assert one["tokens_per_s"] > 0 and result["decode_positions"] == [len(prompt), len(prompt) + 1]
     assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
-    row = lr.row("PyTorch eager", "float32", result, weight_bytes=13_600_000, bandwidth_gbs=13.6)
-    assert row.ceiling_tokens_per_s == pytest.approx(1000) and math.isnan(row.tokens_per_s_2)
+
+
+class Timed(lr.Runner):
+    """A runner whose set-up takes 30 ms, whose prefill takes 5 ms and whose steps take 1 ms."""
+
+    kind = "timed"
+
+    def __init__(self, threads=1):
+        self.calls = []
+
+    def reset(self):
+        self.calls.append("reset")
+        time.sleep(0.030)
+
+    def prefill(self, prompt_ids):
+        self.calls.append("prefill")
+        time.sleep(0.005)
+        return 1
+
+    def step(self):
+        time.sleep(0.001)
+        return 2
+
+
+def test_measure_times_set_up_apart_from_the_first_token(monkeypatch):
+    made = []
+    monkeypatch.setattr(lr, "make_runner", lambda spec, threads: made.append(Timed(threads)) or made[-1])
+    result = lr.measure({"kind": "torch"}, [5, 6, 7], threads=(1, 2), decode_steps=3, warmup=1, repeats=3)
+    for count in ("1", "2"):
+        one = result["by_threads"][count]
+        assert 28 <= one["setup_ms"]["median"] < 60 and 4 <= one["ttft_ms"]["median"] < 25  # not 35: set-up left out
+        assert one["step_ms"]["n"] == 9 and 0.9 <= one["step_ms"]["median"] < 20
+    assert made[0].calls[:4] == ["reset", "prefill", "reset", "prefill"] and len(made) == 2
+    assert result["decode_positions"] == [4, 6] and result["warmup"] == 1 and result["repeats"] == 3
+
+
+def fake_result(step_ms, ttft_ms=2.0, setup_ms=0.5, rss=100.0, threads=("1", "2")):
+    samples = lambda value: {"samples": [value * f for f in (0.9, 1.0, 1.1)], "median": value, "p90": value * 1.08, "n": 3}  # noqa: E731
+    return {"warmup": 1, "batch": 1, "peak_rss_mb": rss, "prompt_tokens": 3,
+            "by_threads": {t: {"setup_ms": samples(setup_ms), "ttft_ms": samples(ttft_ms), "step_ms": samples(step_ms / int(t))}
+                           for t in threads}}
+
+
+class FakeWorker:
+    """Stands for a measuring process: records when it starts and ends, returns made-up results."""
+
+    log: list = []
+    per_round = {"A": [1.0, 1.2, 1.1], "B": [2.0, 2.4, 2.2], "C": [1.15, 1.0, 1.3]}
+    seen: dict = {}
+
+    def __init__(self):
+        self.alive = True
+        FakeWorker.log.append("start")
+        assert sum(w.alive for w in FakeWorker.workers) == 0, "two measuring processes at once"
+        FakeWorker.workers.append(self)
+
+    def measure(self, spec, prompt_ids, *, timeout, **kwargs):
+        label = spec["label"]
+        FakeWorker.log.append(label)
+        assert prompt_ids == [1, 2] and kwargs == {"decode_steps": 4} and self.alive
+        FakeWorker.seen[label] = FakeWorker.seen.get(label, 0) + 1
+        return fake_result(FakeWorker.per_round[label][FakeWorker.seen[label] - 1], rss=100 + FakeWorker.seen[label])
+
+    def close(self, kill=False):
+        self.alive = False
+        FakeWorker.log.append("end")
+
+
+def test_measure_rounds_alternates_the_order_and_keeps_every_round(monkeypatch):
+    FakeWorker.log, FakeWorker.seen, FakeWorker.workers = [], {}, []
+    monkeypatch.setattr(lr, "_Worker", FakeWorker)
+    specs = {label: {"kind": "torch", "label": label} for label in FakeWorker.per_round}
+    measured = lr.measure_rounds(specs, [1, 2], rounds=3, decode_steps=4)
+    assert [entry for entry in FakeWorker.log if entry in specs] == ["A", "B", "C", "C", "B", "A", "A", "B", "C"]
+    # The last of a round is the first of the next: measured twice in a row, in the same process.
+    assert FakeWorker.log.count("start") == 7 and FakeWorker.log.count("end") == 7 and not any(w.alive for w in FakeWorker.workers)
+    assert measured["A"].reused == (False, False, True) and measured["C"].reused == (False, True, False)
+    assert measured["B"].reused == (False, False, False)
+    a = measured["A"]
+    assert len(a.rounds) == 3 and len(a.process_seconds) == 3 and all(s >= 0 for s in a.process_seconds)
+    assert a.ms("step") == pytest.approx((1.1, 1.0, 1.2)) and a.result("step").rounds[1] == pytest.approx((1.08, 1.2, 1.32))
+    assert a.tokens_per_s(1) == pytest.approx((1e3 / 1.1, 1e3 / 1.2, 1e3 / 1.0))
+    assert a.tokens_per_s(2) == pytest.approx((2e3 / 1.1, 2e3 / 1.2, 2e3 / 1.0)) and a.peak_rss_mb == (102, 101, 103)
+    assert a.tail("step") == ("max", pytest.approx(1.32))  # 9 samples: too few for a p90
+    with pytest.raises(ValueError, match="metric"):
+        a.result("decode")
+    with pytest.raises(ValueError, match="not measured at 4 thread"):
+        a.ms("step", 4)
+    for bad, message in [({}, "non-empty dict"), ({"A": {"kind": "tensorrt"}}, "needs a kind"),
+                         ({"A": {"kind": "torch"}}, "rounds >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            lr.measure_rounds(bad, [1], rounds=0)
+
+
+def test_a_failing_measurement_ends_its_process_and_says_why(monkeypatch):
+    FakeWorker.log, FakeWorker.seen, FakeWorker.workers = [], {}, []
+
+    class Failing(FakeWorker):
+        def measure(self, spec, prompt_ids, *, timeout, **kwargs):
+            raise RuntimeError("measuring torch in a subprocess failed (exit 1)")
+
+    monkeypatch.setattr(lr, "_Worker", Failing)
+    with pytest.raises(RuntimeError, match="exit 1"):
+        lr.measure_rounds({"A": {"kind": "torch"}}, [1, 2], rounds=2)
+    assert FakeWorker.log == ["start", "end"]
+
+
+def test_overlap_verdict_names_a_winner_only_where_the_rounds_do_not_overlap():
+    apart = {"fast": (1.0, 0.9, 1.1), "slow": (2.0, 1.8, 2.2), "slower": (3.0, 2.9, 3.1)}
+    assert lr.overlap_verdict(apart) == ("fast", [])
+    assert lr.overlap_verdict(apart, lower_is_better=False) == ("slower", [])
+    close = {"a": (1.0, 0.9, 1.3), "b": (1.3, 1.25, 1.4), "c": (2.0, 1.9, 2.1)}
+    assert lr.overlap_verdict(close) == ("a", ["b"])  # b's best round (1.25) beats a's worst (1.3): a tie
+    assert lr.overlap_verdict({"a": (5.0, 4.0, 6.0), "b": (6.5, 5.9, 7.0)}, lower_is_better=False) == ("b", ["a"])
+    assert lr.overlap_verdict({"a": (5.0, 4.0, 6.0), "b": (7.5, 6.1, 9.0)}, lower_is_better=False) == ("b", [])
+    for bad in ({"a": (1, 1, 1)}, {"a": (1, 2, 3), "b": (1, 1, 1)}, {"a": (1, 1), "b": (1, 1, 1)}):
+        with pytest.raises(ValueError, match="overlap_verdict"):
+            lr.overlap_verdict(bad)
+
+
+def test_row_puts_the_kv_cache_in_the_ceiling_and_keeps_the_spreads(monkeypatch):
+    measured = lr.RuntimeRounds("X", (fake_result(1.0), fake_result(1.25)), (3.0, 3.2))
+    row = lr.row("X", "float32", measured, weight_bytes=9_000_000, kv_bytes=1_000_000, bandwidth_gbs=10.0)
+    assert row.ceiling_tokens_per_s == pytest.approx(1000)  # 10 GB/s over 10 MB: weights AND cache
+    assert lr.row("X", "float32", measured, weight_bytes=9_000_000, kv_bytes=0, bandwidth_gbs=10.0).ceiling_tokens_per_s \
+        == pytest.approx(1e4 / 9)
+    assert row.read_mb == pytest.approx(10.0) and row.kv_mb == pytest.approx(1.0)
+    assert row.tokens_per_s_1[1:] == pytest.approx((800, 1000)) and row.tokens_per_s_2[2] == pytest.approx(2000)
+    assert row.ttft_ms[1:] == pytest.approx((2.0, 2.0)) and row.peak_rss_mb == (100, 100, 100)
+    assert row.of_ceiling == pytest.approx(row.tokens_per_s_1[0] / 1000)
+    one_thread = lr.RuntimeRounds("Y", (fake_result(1.0, threads=("1",)),), (1.0,))
+    assert math.isnan(lr.row("Y", "int4", one_thread, weight_bytes=1, kv_bytes=0, bandwidth_gbs=1).tokens_per_s_2[0])
     with pytest.raises(ValueError, match="positive"):
-        lr.row("x", "y", result, weight_bytes=0, bandwidth_gbs=1)
+        lr.row("x", "y", measured, weight_bytes=0, kv_bytes=0, bandwidth_gbs=1)
+    with pytest.raises(ValueError, match="kv_bytes >= 0"):
+        lr.row("x", "y", measured, weight_bytes=1, kv_bytes=-1, bandwidth_gbs=1)
     with pytest.raises(ValueError, match="at 1 thread"):
-        lr.row("x", "y", {"by_threads": {"2": one}, "peak_rss_mb": 1}, weight_bytes=1, bandwidth_gbs=1)
+        lr.row("x", "y", lr.RuntimeRounds("Z", (fake_result(1.0, threads=("2",)),), (1.0,)), weight_bytes=1, kv_bytes=0,
+               bandwidth_gbs=1)
+    with pytest.raises(TypeError, match="RuntimeRounds"):
+        lr.row("x", "y", {"by_threads": {}}, weight_bytes=1, kv_bytes=0, bandwidth_gbs=1)
+
+
+# --- What a decode step reads ------------------------------------------------------------------
+
+
+def _onnx_model(path, *, tied: bool, unused: bool = False, int4: bool = False):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.ones((10, 4), np.float32), "table")  # 160 bytes, 16 a row
+    hidden = numpy_helper.from_array(np.ones((4, 4), np.float32), "hidden")  # 64 bytes
+    head = numpy_helper.from_array(np.ones((4, 10), np.float32), "head")  # 40 floats: 160 bytes
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x"]), helper.make_node("MatMul", ["x", "hidden"], ["h"])]
+    inits = [table, hidden]
+    if tied:
+        nodes += [helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0]),
+                  helper.make_node("MatMul", ["h", "table_t"], ["logits"])]
+    else:
+        nodes.append(helper.make_node("MatMul", ["h", "head"], ["logits"]))
+        inits.append(head)
+    if unused:
+        inits.append(numpy_helper.from_array(np.ones((100,), np.float32), "unused"))
+    if int4:
+        inits.append(helper.make_tensor("packed", TensorProto.INT4, [8], [1] * 8))  # 8 int4 values: 4 bytes
+        nodes.append(helper.make_node("Identity", ["packed"], ["packed_out"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_step_read_bytes_of_an_onnx_graph_counts_a_looked_up_table_once_per_row(tmp_path):
+    # Untied: one row of the embedding (16), the hidden layer (64), the output layer (160).
+    assert lr.step_read_bytes(_onnx_model(tmp_path / "untied.onnx", tied=False)) == 16 + 64 + 160
+    # Tied: the table is the output layer too, so a step reads all of it, once (not 160 + 16).
+    assert lr.step_read_bytes(_onnx_model(tmp_path / "tied.onnx", tied=True)) == 160 + 64
+    # An initializer no node reads is not read; int4 values are half a byte each.
+    assert lr.step_read_bytes(_onnx_model(tmp_path / "extra.onnx", tied=True, unused=True, int4=True)) == 160 + 64 + 4
+
+
+def test_step_read_bytes_of_a_torch_module_counts_tied_weights_once():
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, tied):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)  # 160 bytes, 16 a row
+            self.norm = torch.nn.LayerNorm(4)  # 2 x 16 bytes
+            self.head = torch.nn.Linear(4, 10, bias=False)  # 160 bytes
+            if tied:
+                self.head.weight = self.embed.weight
+
+    assert lr.step_read_bytes(Tiny(tied=False)) == 16 + 32 + 160
+    assert lr.step_read_bytes(Tiny(tied=True)) == 160 + 32
+    model, _ = lm.load_language_model()  # the course's model: its embedding is its output layer
+    assert lr.step_read_bytes(model) == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_step_read_bytes_of_a_tflite_signature(tmp_path):
+    import contextlib
+    import io
+
+    import litert_torch
+    import torch
+
+    class Decode(torch.nn.Module):
+        def __init__(self, tied):
+            super().__init__()
+            self.embed = torch.nn.Embedding(64, 8)  # 2048 bytes, 32 a row
+            self.hidden = torch.nn.Linear(8, 8, bias=False)  # 256 bytes
+            self.head = torch.nn.Linear(8, 64, bias=False)  # 2048 bytes
+            torch.nn.init.normal_(self.hidden.weight), torch.nn.init.normal_(self.head.weight)
+            if tied:
+                self.head.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.head(torch.relu(self.hidden(self.embed(tokens))))
+
+    read = {}
+    for tied in (False, True):
+        path = tmp_path / f"tied_{tied}.tflite"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            (litert_torch.signature("decode", Decode(tied).eval(), sample_kwargs={"tokens": torch.zeros(1, 1, dtype=torch.int32)})
+             .convert().export(str(path)))
+        read[tied] = lr.step_read_bytes(path)
+    assert read[False] - 256 - 2048 in range(32, 32 + 64)  # one row of the table (+ a few shape constants)
+    assert read[True] - 256 - 2048 in range(0, 64)  # the shared table once, not a second time for the lookup
+    with pytest.raises(ValueError, match="no signature 'prefill'"):
+        lr.step_read_bytes(path, signature="prefill")
+
+
+def test_step_read_bytes_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no file"):
+        lr.step_read_bytes(tmp_path / "missing.onnx")
+    (tmp_path / "m.pte").write_bytes(b"x")
+    with pytest.raises(ValueError, match=".onnx and .tflite"):
+        lr.step_read_bytes(tmp_path / "m.pte")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        lr.step_read_bytes(42)
+
+
+# --- Real measuring processes, on a toy LiteRT model (seconds) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_litert(tmp_path_factory):
+    import contextlib
+    import io
+
+    import litert_torch
+    import torch
+
+    class ToyStep(torch.nn.Module):
+        """export_hf's interface with a trivial model: the next token is (the position + 1) mod 8."""
+
+        def __init__(self, logits: bool):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, tokens, input_pos, mask, kv_cache_k_0, kv_cache_v_0):
+            out = {"kv_cache_k_0": kv_cache_k_0 + 0.0, "kv_cache_v_0": kv_cache_v_0 + 0.0}
+            if self.logits:
+                position = torch.remainder(input_pos.float() + 1, 8)
+                out["logits"] = -((torch.arange(8, dtype=torch.float32) - position) ** 2).reshape(1, 1, 8)
+            return out
+
+    def sample(n):
+        return dict(tokens=torch.zeros(1, n, dtype=torch.int32), input_pos=torch.arange(n, dtype=torch.int32),
+                    mask=torch.zeros(1, 1, n, 16), kv_cache_k_0=torch.zeros(1, 1, 16, 1), kv_cache_v_0=torch.zeros(1, 1, 1, 16))
+
+    path = tmp_path_factory.mktemp("lm_runtimes") / "toy.tflite"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        (litert_torch.signature("prefill_4", ToyStep(False).eval(), sample_kwargs=sample(4))
+         .signature("decode", ToyStep(True).eval(), sample_kwargs=sample(1)).convert().export(str(path)))
+    return path
+
+
+def test_a_worker_process_serves_several_measurements_and_rounds_reuse_it_only_back_to_back(toy_litert):
+    spec = {"kind": "litert", "model": toy_litert}
+    runner = lr.make_runner(spec)
+    runner.reset()
+    assert runner.prefill([3, 1, 2]) == 3 and runner.step() == 4  # positions 0-2 prefilled: the next is 3, then 4
+    worker = lr._Worker()
+    try:
+        first = worker.measure(spec, [3, 1, 2], threads=(1,), decode_steps=2, warmup=0, repeats=1)
+        second = worker.measure(spec, [3, 1, 2], threads=(1,), decode_steps=2, warmup=0, repeats=1)
+    finally:
+        worker.close()
+    assert first["pid"] == second["pid"] != os.getpid() and first["by_threads"]["1"]["step_ms"]["n"] == 2
+    assert worker.process.returncode == 0
+    measured = lr.measure_rounds({"A": spec, "B": dict(spec)}, [3, 1, 2], rounds=3, threads=(1,), decode_steps=2,
+                                 warmup=0, repeats=1)
+    pids = {label: [r["pid"] for r in m.rounds] for label, m in measured.items()}  # A B | B A | A B
+    assert pids["A"][1] == pids["A"][2] != pids["A"][0] and pids["B"][0] == pids["B"][1] != pids["B"][2]
+    assert len({pids["A"][0], pids["A"][1], pids["B"][0], pids["B"][2]}) == 4
+    assert measured["A"].reused == (False, False, True) and measured["B"].reused == (False, True, False)
+
+
+def test_a_worker_that_takes_too_long_is_ended_with_the_reason():
+    worker = lr._Worker()
+    with pytest.raises(RuntimeError, match=r"measuring torch in a subprocess failed \(no result within 0.2 s\)"):
+        worker.measure({"kind": "torch"}, [1, 2], timeout=0.2, threads=(1,))  # importing torch alone takes longer
+    assert worker.process.poll() is not None
+
+
+def test_the_executorch_runtime_loads_without_its_exporter():
+    code = ("import sys; from deploykit import lm_runtimes as lr; lr.executorch_runtime(); "
+            "print('executorch.exir' in sys.modules, 'torchao' in sys.modules); "
+            "import executorch.exir; print(hasattr(executorch.exir, 'to_edge_transform_and_lower'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]  # the exporter still imports whole afterwards
