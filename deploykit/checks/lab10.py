@@ -17,15 +17,22 @@ What the checks do not take on trust:
   ``accuracy_level``, which weights are quantised and how they are stored), and the decode graph's quality
   is measured too: decoding held-out text token by token with the cache must predict it as well as the
   deployed prefill graph does at the same positions;
+* the size budget counts each graph as it ships: its ``.onnx`` file and every external-data file it refers to
+  (:func:`graph_files`);
+* every call the learner's ``generate`` makes runs on the sessions the check passed in (prefill calls on
+  ``prefill``, decode calls on ``decode``): a loop on sessions of its own would be judged on other graphs;
 * perplexities are recomputed on ``lm.held_out_ids`` with the learner's graphs;
 * the decode step is timed inside ``with recording(light=True) as timed_calls:``, so ``decode_result``
   carries what it measured: which graph (recognised by its outputs), the cache length, the thread count,
   the number of calls; then the check times the deployed decode graph and the float32 one itself, in
   alternated rounds (blocks, order alternated) at one thread: the speed budget is relative to float32 on
   *this* CPU, so it holds on any CPU; a busy machine gets "re-run";
-* the ceiling counts the bytes a decode step reads, the weights and the key/value cache after
-  :data:`CONTEXT` tokens, and the explanation's verdict (below, at or above the ceiling) must follow from
-  the learner's own figures, with a reason that can explain it.
+* the ceiling counts the bytes a decode step reads, the weights (``dk.bench.weight_bytes_read``) and the
+  key/value cache after :data:`CONTEXT` tokens; the bandwidth is measured again (:func:`measured_bandwidth`);
+  the explanation's verdict (below, at or above the ceiling, never negated) must follow from the learner's own
+  figures, and its reason, sought in the sentences that carry none of those figures, must fit the step: what
+  a step reads against the CPU's cache decides whether the CPU's cache and fixed per-operator costs or memory
+  explain it.
 """
 from __future__ import annotations
 
@@ -46,7 +53,8 @@ N_NEW = 40
 MARGIN = 0.01
 #: The decode step is timed after this many tokens of held-out text.
 CONTEXT = 256
-#: The budget: each shipped graph at most this size, its held-out perplexity at most this far above float32's.
+#: The budget: each shipped graph (its .onnx file and any external data) at most this size, its held-out
+#: perplexity at most this far above float32's.
 SIZE_BUDGET_MB = 8.0
 PERPLEXITY_MARGIN = 0.03
 #: The deployed decode step may take at most this multiple of the float32 step (re-measured here).
@@ -63,6 +71,10 @@ DECODE_PPL_RTOL = 0.01
 BYTES_RTOL = 0.02
 #: A ratio of measured to ceiling within this of 1 may be called "at" the ceiling.
 AT_CEILING = 0.1
+#: bandwidth_gbs against the check's own measurement (``stream_bandwidth("copy", lib="numpy")``, the median of
+#: BANDWIDTH_RUNS): within this factor either way (one thread's copy bandwidth varies about 2x between runs on a
+#: shared machine).
+BANDWIDTH_FACTOR, BANDWIDTH_RUNS = 2.0, 3
 #: Against the check's own measurement of the same graph (round spread): as lab 08.
 SLOWER_LIMIT, FASTER_LIMIT = 4.0, 3.0
 MIN_WARMUP, MIN_REPEATS = 3, 20
@@ -81,6 +93,8 @@ _CHOICE_ATTRIBUTES = ("bits", "block_size", "accuracy_level", "axis")
 
 #: Why the check's own last speed measurement looked contended (tests read it).
 _LAST_BUSY: list = []
+#: The check's own bandwidth measurement, made once per process (and again before a figure is refused).
+_BANDWIDTH: list = []
 
 
 def _ort():
@@ -97,11 +111,56 @@ def session(path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _version(path) -> tuple[str, float, int]:
-    """A key for caches of what a file holds: its resolved path, modification time and size."""
+def _tensors(graph):
+    """Every tensor a graph stores: initializers and constants, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(sub)
+
+
+@lru_cache(maxsize=64)
+def _external_locations(path: str, mtime: float, size: int) -> tuple[str, ...]:
+    """The external-data files the ONNX file at ``path`` refers to (``location`` of each tensor stored with
+    ``data_location`` EXTERNAL), relative to its folder, in order, each once."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    locations = []
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+            if location is not None and location not in locations:
+                locations.append(location)
+    return tuple(locations)
+
+
+def graph_files(path) -> list[Path]:
+    """The files a graph ships as: the ``.onnx`` file and every external-data file it refers to (a graph saved
+    with ``save_as_external_data=True`` keeps its weights there)."""
     path = Path(path).resolve()
     stat = path.stat()
-    return str(path), stat.st_mtime, stat.st_size
+    locations = _external_locations(str(path), stat.st_mtime, stat.st_size)
+    return [path] + [path.parent / location for location in locations]
+
+
+def shipped_bytes(path) -> int:
+    """Bytes of a graph as it ships: the ``.onnx`` file plus its external-data files (the budget's size)."""
+    return sum(file.stat().st_size for file in graph_files(path) if file.is_file())
+
+
+def _version(path) -> tuple:
+    """A key for caches of what a graph holds: the resolved path, modification time and size of its ``.onnx``
+    file and of each external-data file it refers to."""
+    key = []
+    for file in graph_files(path):
+        stat = file.stat() if file.is_file() else None
+        key += [str(file), stat and stat.st_mtime, stat and stat.st_size]
+    return tuple(key)
 
 
 # --- The PyTorch reference ------------------------------------------------------------------------
@@ -448,9 +507,22 @@ def _run_generate(generate, prefill_path, decode_path, what, threads: int = 1):
     require(len(tokens) == N_NEW or (tokens and tokens[-1] == _model()[1].eos_token_id),
             f"generate returned {len(tokens)} tokens for n_new={N_NEW}: return exactly the n_new new tokens, "
             "without the prompt")
+    _require_sessions_passed(seen.calls, prefill, decode, what)
     _require_cache_fed_back(seen.calls, what)
     _require_greedy(seen.calls, tokens, what)
     return tokens
+
+
+def _require_sessions_passed(calls: list, prefill, decode, what: str) -> None:
+    """Every call ran on the session the check passed in for its graph: prefill calls on ``prefill``, decode
+    calls on ``decode``."""
+    for step, call in enumerate(calls):
+        expected, name = (decode, "decode") if _is_decode(call) else (prefill, "prefill")
+        require(call.session is expected, f"call {step} of {what} ran on " + (
+                f"the session passed as `{'prefill' if name == 'decode' else 'decode'}`" if call.session in
+                (prefill, decode) else "a session the check did not pass in") + f", not on the `{name}` argument: "
+                "the check passes sessions of the graphs it judges (the float32 ones, then the deployed ones), so "
+                "generate must run every call on its `prefill` and `decode` arguments, never on sessions of its own")
 
 
 # --- Exercise 1: export -----------------------------------------------------------------------------
@@ -660,8 +732,12 @@ def _require_deployed(deployed) -> tuple[Path, Path]:
     require(isinstance(deployed, dict) and set(deployed) >= {"prefill", "decode"},
             "deployed should be a dict {'prefill': path, 'decode': path} of the graphs you ship")
     paths = Path(deployed["prefill"]), Path(deployed["decode"])
-    for path in paths:
+    for name, path in zip(("prefill", "decode"), paths):
         require(path.is_file(), f"{path} is not a file: put the paths of the graphs you saved in deployed")
+        missing = [file.name for file in graph_files(path)[1:] if not file.is_file()]
+        require(not missing, f"deployed['{name}'] keeps its weights in external data ({', '.join(missing)}) that is "
+                "not next to it: a graph ships with every file it refers to. Save it in one file "
+                "(use_external_data_format=False), or keep its data files beside it")
     _, inputs, outputs = _io(paths[0])
     require(inputs == PREFILL_INPUTS and outputs == OUTPUTS, "deployed['prefill'] is not a prefill graph (input_ids -> "
             "logits, present_keys, present_values)")
@@ -693,15 +769,19 @@ def _require_decode_quality(dprefill: Path, ddecode: Path) -> DecodePass:
 
 @check("the deployment within the budget: file size and held-out perplexity")
 def check_budget(deployed, prefill_path, ppl_fp32, ppl_deployed) -> None:
-    """Both deployed files within :data:`SIZE_BUDGET_MB` and quantised the same way; ``ppl_fp32`` and
+    """Both deployed graphs within :data:`SIZE_BUDGET_MB` as they ship (the ``.onnx`` file plus any external
+    data it refers to) and quantised the same way; ``ppl_fp32`` and
     ``ppl_deployed``: held-out perplexity (``lm.held_out_ids``, ``lm.perplexity`` with its default window) of the
     float32 and deployed prefill graphs, the deployed one within :data:`PERPLEXITY_MARGIN` of float32; the
     deployed decode graph predicts held-out text fed through the cache as well as the deployed prefill graph."""
     dprefill, ddecode = _require_deployed(deployed)
     require_result(prefill_path, "prefill_path", "Exercise 1")
     for name, path in (("prefill", dprefill), ("decode", ddecode)):
-        size = path.stat().st_size / 1e6
-        require(size <= SIZE_BUDGET_MB, f"deployed['{name}'] is {size:.1f} MB, over the {SIZE_BUDGET_MB} MB budget: "
+        size = shipped_bytes(path) / 1e6
+        external = len(graph_files(path)) > 1
+        require(size <= SIZE_BUDGET_MB, f"deployed['{name}'] is {size:.1f} MB" + (
+                " (the .onnx file and the external data it refers to: the weights ship either way, so the budget "
+                "counts every file the graph needs)" if external else "") + f", over the {SIZE_BUDGET_MB} MB budget: "
                 "store the weights in fewer bits (weight-only int4 with MatMulNBitsQuantizer, or dynamic int8)")
     require_result(ppl_fp32, "ppl_fp32", "Exercise 3")
     require_result(ppl_deployed, "ppl_deployed", "Exercise 3")
@@ -933,17 +1013,18 @@ def check_speed(decode_step, decode_result, timed_calls, deployed, prefill_path,
 # --- Exercise 6: the explanation ------------------------------------------------------------------
 
 def weight_bytes(path) -> int:
-    """Bytes of a graph's initializers (every weight it stores, each counted once)."""
-    import onnx
-    from onnx import numpy_helper
+    """Bytes of a graph's initializers (every weight it stores, each counted once), as
+    ``dk.bench.weight_bytes_read`` counts them."""
+    from ..bench import weight_bytes_read
 
-    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+    return weight_bytes_read(path)[1]
 
 
 @lru_cache(maxsize=8)
 def _bytes_read_cached(key: tuple) -> tuple[int, int]:
     """(weight bytes one decode step reads, bytes of the initializers stored): ``dk.bench.weight_bytes_read``,
-    the count lectures 13 and 14 use (a table only ``Gather`` reads: one row per token)."""
+    the count lectures 13 and 14 use (a table only ``Gather`` or ``GatherBlockQuantized`` reads: one row per
+    token)."""
     from ..bench import weight_bytes_read
 
     return weight_bytes_read(key[0])
@@ -976,13 +1057,59 @@ def _cache_bytes_cached(prefill_key: tuple, decode_key: tuple, tokens: int) -> i
 
 def step_bytes(deployed, context: int = CONTEXT) -> int:
     """What one decode step of ``deployed['decode']`` reads after ``context`` tokens: its weights (a table only
-    Gather reads: one row) plus the key/value cache (past_keys and past_values). The lab's bytes_per_token."""
+    Gather or GatherBlockQuantized reads: one row) plus the key/value cache (past_keys and past_values). The
+    lab's bytes_per_token."""
     prefill, decode = Path(deployed["prefill"]), Path(deployed["decode"])
     return _bytes_read_cached(_version(decode))[0] + _cache_bytes_cached(_version(prefill), _version(decode), context)
 
 
+def measured_bandwidth(fresh: bool = False) -> float:
+    """One thread's memory bandwidth here in GB/s, as the lab asks for it: the median of
+    :data:`BANDWIDTH_RUNS` runs of ``dk.bench.stream_bandwidth("copy", lib="numpy")`` (measured once per
+    process; ``fresh=True`` measures again)."""
+    import statistics
+
+    from .. import bench
+
+    if fresh or not _BANDWIDTH:
+        _BANDWIDTH[:] = [statistics.median(bench.stream_bandwidth("copy", lib="numpy") for _ in range(BANDWIDTH_RUNS))]
+    return _BANDWIDTH[0]
+
+
+def _bandwidth_problem(bandwidth_gbs: float) -> str | None:
+    """Why ``bandwidth_gbs`` is not this machine's one-thread copy bandwidth (re-measured), or None."""
+    def within(here: float) -> bool:
+        return here / BANDWIDTH_FACTOR <= bandwidth_gbs <= here * BANDWIDTH_FACTOR
+
+    if within(measured_bandwidth()) or within(measured_bandwidth(fresh=True)):
+        return None
+    side = (f"more than {BANDWIDTH_FACTOR:g}x" if bandwidth_gbs > measured_bandwidth() else
+            f"less than 1/{BANDWIDTH_FACTOR:g} of")
+    return (f"bandwidth_gbs = {bandwidth_gbs:g} GB/s is {side} what one thread copies on this machine: the check "
+            "measures it again, the median of "
+            f"{BANDWIDTH_RUNS} runs of dk.bench.stream_bandwidth(\"copy\", lib=\"numpy\"), and accepts a figure "
+            f"within {BANDWIDTH_FACTOR:g}x of its own either way (the bandwidth varies between runs). Measure it with "
+            "that call in this run (arrays larger than the CPU's cache, so the bytes come from memory), never a "
+            "figure typed in or read from a datasheet or another machine")
+
+
 def _formats(value: float) -> set[str]:
     return {f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:,.0f}", f"{value:,.1f}"}
+
+
+#: A number as written in a sentence (1,234.5 or 17.3), not a digit inside a word (L3, int4).
+_NUMBER = r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)"
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(_NUMBER, text))
+
+
+def _shown(value: float, numbers: set[str]) -> set[str]:
+    """How ``value`` appears among ``numbers``: its forms with decimals if any is there (17.3, not the 17 of
+    "17 layers"), else its rounded forms, from 10 up (a 4 or a 1 is too common to stand for a figure)."""
+    present = _formats(value) & numbers
+    return {f for f in present if "." in f} or ({f for f in present if abs(value) >= 9.5})
 
 
 def _split_sentences(text: str) -> list[str]:
@@ -993,19 +1120,42 @@ def _split_sentences(text: str) -> list[str]:
 #: "cache" alone means the CPU's cache).
 _BELOW = r"\b(?:below|under|beneath|short of|less than|lower than|slower than|fewer tokens)\b"
 _ABOVE = r"\b(?:above|exceeds?|exceeding|exceeded|beyond|beats?|faster than|higher than|surpass(?:es)?)\b"
-_AT = (r"\b(?:at|near|close to|reaches|matches|around)\s+(?:the\s+|its\s+|this\s+|that\s+)?"
+_AT = (r"\b(?:at|near|close to|reach(?:es)?|match(?:es)?|around)\s+(?:the\s+|its\s+|this\s+|that\s+)?"
        r"(?:memory\s+|bandwidth\s+)?(?:ceiling|limit)\b")
 _FRACTION = (r"(\d+(?:\.\d+)?)\s?%\s+of\s+(?:the\s+|its\s+|this\s+|that\s+)?(?:memory\s+|bandwidth\s+)?"
              r"(?:ceiling|limit)\b")
 _KV_CACHE = r"\b(?:kv|k/v|key[/ -]value|key and value)[ -]cache\b"
 _CEILING_WORDS = r"\b(?:ceiling|limit|bound|roof)\b"
-#: Reasons that can explain a measurement below the ceiling, and the one that explains it above (bytes that
-#: did not come from memory: the CPU's cache).
-_REASONS_BELOW = (r"\bcaches?\b", r"\boverheads?\b", r"\bfixed\b", r"\bper[ -](?:node|call|operator|op|kernel|step)\b",
-                  r"\boperators?\b", r"\bkernels?\b", r"\blaunch", r"\bcompute\b", r"\barithmetic\b", r"\bdequanti[sz]",
-                  r"\blatency\b", r"\bcop(?:y|ies|ied|ying)\b", r"\bl[123]\b")
-_REASONS_ABOVE = (r"\bcaches?\b", r"\bl[123]\b")
-_REASONS_AT = _REASONS_BELOW + (r"\bbandwidth\b", r"\bmemory\b")
+#: A negation in the words just before a phrase, within its clause ("not below", "does not exceed").
+_NEGATION = r"\b(?:not|never|no|nor|cannot|without|hardly|barely|rather than|instead of)\b|n[’']t\b"
+_CLAUSE = r"[,;:()\u2014]|\b(?:and|but|so|while|whereas)\b"
+#: The reasons a step can have, sought in the sentences that carry none of the figures: the CPU's cache, a fixed
+#: cost per operator call, memory.
+_CACHE_REASON = r"\bcaches?\b|\bl[123]\b"
+_OVERHEAD_REASON = (r"\boverheads?\b|\bfixed\s+(?:cost|costs|time|price|latency)\b|"
+                    r"\bper[ -](?:node|call|operator|op|kernel|launch)\b|"
+                    r"\b(?:each|every)\s+(?:operator|node|kernel|op)(?:\s+call)?\b|\blaunch(?:es|ing)?\b|\bdispatch")
+_MEMORY_REASON = r"\bmemory\b|\bbandwidth\b|\bdram\b|\bram\b|\bstream(?:s|ed|ing)?\b"
+#: Claims about where the bytes come from: they fit in the CPU's cache; they come from memory.
+_FIT_IN_CACHE = r"\bfit(?:s|ting)?\b(?:\s+[\w'’]+){0,2}?\s+(?:in|into|within)\b[^.]*?\bcaches?\b"
+_TOO_LARGE = r"\b(?:too\s+(?:large|big)|larger|bigger)\b(?:\s+[\w'’]+){0,2}?\s+(?:to fit|for)\b[^.]*?\bcaches?\b"
+_FROM_MEMORY = (r"\b(?:stream|come|coming|came|fetch|load|read|arriv|travel)\w*\b(?:\s+[\w'’]+){0,3}?\s+from\s+"
+                r"(?:the\s+)?(?:main\s+)?(?:dram|ram|memory)\b")
+
+
+def _negated(text: str, start: int) -> bool:
+    """Whether the phrase at ``start`` is negated: a negation among the four words before it, in its clause."""
+    clause = re.split(_CLAUSE, text[:start], flags=re.I)[-1]
+    return bool(re.search(_NEGATION, " ".join(clause.split()[-4:]), re.I))
+
+
+def _claims(pattern: str, sentences: list[str]) -> tuple[list[str], list[str]]:
+    """The phrases matching ``pattern`` in ``sentences``: (affirmed, negated)."""
+    affirmed, negated = [], []
+    for sentence in sentences:
+        for match in re.finditer(pattern, sentence, re.I):
+            (negated if _negated(sentence, match.start()) else affirmed).append(match.group(0))
+    return affirmed, negated
 
 
 def _verdict_problem(sentences: list[str], ratio: float, figures: list[str]) -> str | None:
@@ -1013,59 +1163,87 @@ def _verdict_problem(sentences: list[str], ratio: float, figures: list[str]) -> 
     side = "below" if ratio < 1 else "above"
     near = abs(ratio - 1) <= AT_CEILING
     verdict = [s for s in sentences if re.search(_CEILING_WORDS, s, re.I)]
+    below, above, at = (_claims(pattern, verdict) for pattern in (_BELOW, _ABOVE, _AT))
+    negated = below[1] + above[1] + at[1]
+    if negated:
+        return (f"the explanation negates its verdict (a negation before {negated[0]!r}): say plainly where the "
+                "measurement is, below, at or above the ceiling (or what fraction of it), computed from your "
+                "variables (a comparison inside the f-string), never a negation typed in that reads true either way")
     joined = " ".join(verdict)
-    below, above = bool(re.search(_BELOW, joined, re.I)), bool(re.search(_ABOVE, joined, re.I))
-    at = bool(re.search(_AT, joined, re.I))
     percents = {m.group(1) for m in re.finditer(_FRACTION, joined, re.I)}
     fraction_ok = bool(percents & {f"{100 * ratio:.0f}", f"{100 * ratio:.1f}"})
-    said = {"below": below, "above": above}
+    said = {"below": bool(below[0]), "above": bool(above[0])}
     told = (f"your decode_result gives {figures[0]} tokens/s against a ceiling of {figures[1]} tokens/s "
             f"({ratio:.0%} of it)")
     if said["above" if side == "below" else "below"]:
         return (f"the explanation says the measurement is {'above' if side == 'below' else 'below'} the ceiling, but "
                 f"{told}: compute the verdict from the two variables (a comparison inside the f-string), never "
                 "type it")
-    if at and not near:
+    if at[0] and not near:
         return (f"the explanation says the measurement is at the ceiling, but {told}: compute the verdict from your "
                 "variables")
     if percents and not fraction_ok:
         return (f"the explanation gives a percentage of the ceiling that is not measured / ceiling ({told}): compute "
                 "it from your variables")
-    if not (said[side] or (near and at) or fraction_ok):
+    if not (said[side] or (near and at[0]) or fraction_ok):
         return ("the explanation does not say whether the measured tokens/s is below or above the ceiling (or what "
                 "fraction of it): write that verdict in the sentence about the ceiling, computed from your variables "
                 "(a comparison inside the f-string), so it stays true when the figures change")
     return None
 
 
-def _reason_problem(sentences: list[str], ratio: float, bandwidth_figures: set[str]) -> str | None:
-    """Why the explanation gives no reason that can explain its verdict, or None."""
+#: How to find the reason, for the hints (the method, never this machine's case).
+_HOW_REASON = ("compare what a step reads (bytes_per_token) with the CPU's cache (dk.bench.l3_cache_bytes()), in your "
+               "code as for the verdict. If it fits, the bytes need not come from memory at every token, and what a "
+               "step still pays is a fixed cost per operator call, which fewer bytes do not shrink; if it does not "
+               "fit, every token streams it from memory, and the memory bandwidth bounds the step")
+
+
+def _reason_problem(sentences: list[str], ratio: float, fits: bool) -> str | None:
+    """Why the explanation gives no reason that explains its verdict, or None. ``sentences``: those that carry
+    none of the learner's figures; ``fits``: whether what a step reads fits in the CPU's largest cache."""
     plain = [re.sub(_KV_CACHE, " ", s, flags=re.I) for s in sentences]
-    if abs(ratio - 1) <= AT_CEILING:
-        # bandwidth and memory explain a measurement at the ceiling, if said where the bandwidth is not just quoted
-        kinds = _REASONS_AT
-        plain = [re.sub(r"\b(?:bandwidth|memory)\b", " ", s, flags=re.I) if any(f in s for f in bandwidth_figures)
-                 else s for s in plain]
-    else:
-        kinds = _REASONS_BELOW if ratio < 1 else _REASONS_ABOVE
-    if any(re.search(pattern, s, re.I) for s in plain for pattern in kinds):
-        return None
-    if ratio >= 1 + AT_CEILING:
+    fit_claims, not_fit_claims = _claims(_FIT_IN_CACHE, plain)
+    unfit = not_fit_claims + _claims(_TOO_LARGE, plain)[0]
+    from_memory, not_from_memory = _claims(_FROM_MEMORY, plain)
+    above = ratio >= 1 + AT_CEILING
+    # faster than the ceiling, "not every byte comes from memory" is true, whatever the sizes
+    wrong = (unfit or from_memory) if fits else (fit_claims or ([] if ratio > 1 else not_from_memory))
+    if wrong:
+        return f"the explanation's reason ({wrong[0]!r}) contradicts this machine's figures: {_HOW_REASON}"
+    if above and from_memory:
+        return (f"the explanation says the bytes come from memory ({from_memory[0]!r}), but the measurement is above "
+                "the memory ceiling, which is what every byte read from memory would allow: say where the rest came "
+                "from (compare what a step reads, bytes_per_token, with the CPU's cache, dk.bench.l3_cache_bytes())")
+
+    def said(pattern: str) -> bool:
+        return any(re.search(pattern, s, re.I) for s in plain)
+
+    if above:
+        if said(_CACHE_REASON):
+            return None
         return ("the measurement is above the memory ceiling, which counts every byte as coming from memory at each "
-                "token: say why that did not happen here (where could the weights come from instead? compare the size "
-                "of what a step reads with this CPU's caches)")
-    return ("the explanation gives no reason for the gap to the ceiling: say why (think of where the weights come "
-            "from when they fit in the CPU's cache, and of the fixed cost of each operator call, which fewer bytes "
-            "do not shrink) in a sentence of its own")
+                "token: say why that did not happen here, in a sentence of its own (where could the bytes come from "
+                "instead? compare what a step reads, bytes_per_token, with the CPU's cache, dk.bench.l3_cache_bytes())")
+    if (said(_CACHE_REASON) or said(_OVERHEAD_REASON)) if fits else said(_MEMORY_REASON):
+        return None
+    if said(_CACHE_REASON) or said(_OVERHEAD_REASON) or said(_MEMORY_REASON):
+        return f"the explanation's reason does not fit this step: {_HOW_REASON}"
+    return ("the explanation gives no reason for where the measurement is against the ceiling, in a sentence of its "
+            f"own (apart from the sentences that give your figures): {_HOW_REASON}")
 
 
-@check("the speed against the bandwidth ceiling, written from your variables")
+@check("the speed against the bandwidth ceiling, written from your variables", timed=True)
 def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes_per_token, ceiling_tokens_s) -> None:
     """``bytes_per_token``: what one decode step of the deployed decode graph reads after :data:`CONTEXT` tokens,
     its weights plus the key/value cache (:func:`step_bytes`); ``ceiling_tokens_s`` = bandwidth / bytes per
     token; ``explanation``: at least three sentences, an f-string giving the measured tokens/s (from
-    ``decode_result``), the ceiling and the bandwidth, a verdict (below, at or above the ceiling, or the fraction)
-    that follows from those figures, and a reason that can explain it."""
+    ``decode_result``), the ceiling and the bandwidth, a verdict (below, at or above the ceiling, or the fraction,
+    never negated) that follows from those figures, and, in a sentence that carries none of those figures, a
+    reason that fits this step: what a step reads against the CPU's cache (``dk.bench.l3_cache_bytes()``); if it
+    fits, the CPU's cache or a fixed cost per operator call (an explanation above the ceiling: the cache); if not,
+    memory. ``bandwidth_gbs`` must be within :data:`BANDWIDTH_FACTOR` of the check's own measurement
+    (:func:`measured_bandwidth`)."""
     from ..bench import BenchResult
 
     require_result(explanation, "explanation", "Exercise 6")
@@ -1079,26 +1257,30 @@ def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes
                 f"{name} should be a positive number from your measurements, got {value!r}")
     require(0.3 <= bandwidth_gbs <= 2000, f"bandwidth_gbs = {bandwidth_gbs}: a memory bandwidth in GB/s, as "
             "dk.bench.stream_bandwidth returns it")
+    problem = _bandwidth_problem(bandwidth_gbs)
+    require(problem is None, problem or "")
     expected = step_bytes(deployed)
     if not math.isclose(bytes_per_token, expected, rel_tol=BYTES_RTOL):
         read, stored = _bytes_read_cached(_version(ddecode))
         cache = expected - read
-        file_size = ddecode.stat().st_size
-        how = ("add up the bytes of its initializers (onnx.numpy_helper.to_array(t).nbytes: every weight is read once "
-               "per token" + ("; a table only Gather reads, an embedding not shared with the output layer, gives one "
-                              "row per token" if read != stored else "") +
+        file_size = shipped_bytes(ddecode)
+        how = ("add up the bytes of the weights a step reads (dk.bench.weight_bytes_read(path) counts them: every "
+               "initializer whole, except a table only Gather or GatherBlockQuantized looks up, an embedding not "
+               "shared with the output layer, of which a step reads one row per token" + (
+                   " (this graph has one)" if read != stored else "") +
                f"), plus the key/value cache the step reads after lab10.CONTEXT = {CONTEXT} tokens (past_keys and "
                "past_values: the nbytes of the cache your prefill returned, or 2 x layers x kv heads x head size x "
                "4 bytes per token)")
         if any(math.isclose(bytes_per_token, value, rel_tol=BYTES_RTOL) for value in (read, stored)):
             raise CheckFailed("bytes_per_token counts the weights but not the key/value cache: at every token, "
                               "attention also reads the keys and values of the whole text so far. " + how)
-        if any(math.isclose(bytes_per_token, file_size + extra, rel_tol=BYTES_RTOL) for extra in (0, cache)):
+        if any(math.isclose(bytes_per_token, size + extra, rel_tol=BYTES_RTOL)
+               for size in {file_size, ddecode.stat().st_size} for extra in (0, cache)):
             raise CheckFailed("bytes_per_token is the file's size: a file also stores the graph (nodes, names, "
                               "metadata), and a step reads only the tensors it computes with. " + how)
         if read != stored and math.isclose(bytes_per_token, stored + cache, rel_tol=BYTES_RTOL):
-            raise CheckFailed("bytes_per_token counts a table that only Gather reads as if all of it were read at "
-                              "every token: " + how)
+            raise CheckFailed("bytes_per_token counts a table that only Gather (or GatherBlockQuantized) reads as "
+                              "if all of it were read at every token: " + how)
         raise CheckFailed("bytes_per_token is not what one decode step of deployed['decode'] reads after "
                           f"lab10.CONTEXT tokens: {how}")
     require(math.isclose(ceiling_tokens_s, bandwidth_gbs * 1e9 / bytes_per_token, rel_tol=0.01),
@@ -1106,7 +1288,7 @@ def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes
     require(isinstance(explanation, str) and len(_split_sentences(explanation)) >= 3, "explanation should be three "
             "sentences (an f-string of your variables)")
     sentences = _split_sentences(explanation)
-    numbers = set(re.findall(r"\d[\d,]*(?:\.\d+)?", explanation))
+    numbers = _numbers(explanation)
     tokens_s = 1000 / decode_result.median_ms
     for name, value, how in (("the measured tokens/s", tokens_s, "{1000 / decode_result.median_ms:.0f}"),
                              ("the ceiling", ceiling_tokens_s, "{ceiling_tokens_s:.0f}"),
@@ -1117,11 +1299,19 @@ def check_explanation(explanation, decode_result, deployed, bandwidth_gbs, bytes
     shown = [sorted(_formats(v) & numbers, key=len)[0] for v in (tokens_s, ceiling_tokens_s)]
     problem = _verdict_problem(sentences, ratio, shown)
     require(problem is None, problem or "")
-    problem = _reason_problem(sentences, ratio, _formats(bandwidth_gbs) & numbers)
+    # the reason is sought where no figure is: "one thread copies from memory" beside the bandwidth is no reason
+    figures = set().union(*(_shown(value, numbers) for value in (
+        tokens_s, ceiling_tokens_s, bandwidth_gbs, decode_result.median_ms, bytes_per_token / 1e6,
+        bytes_per_token / 2**20)))
+    from .. import bench
+
+    fits = expected <= bench.l3_cache_bytes()
+    problem = _reason_problem([s for s in sentences if not _numbers(s) & figures], ratio, fits)
     require(problem is None, problem or "")
 
 
 __all__ = ["ready", "CONTEXT", "MARGIN", "N_NEW", "PERPLEXITY_MARGIN", "PROMPT", "SIZE_BUDGET_MB", "SPEED_LIMIT",
            "check_budget", "check_explanation", "check_export", "check_generation", "check_parity",
            "check_speed", "decode_pass", "deployed_decided", "held_out_perplexity", "int4_graph", "measure_decode",
-           "recording", "reference", "reference_graphs", "session", "step_bytes", "weight_bytes"]
+           "graph_files", "measured_bandwidth", "recording", "reference", "reference_graphs", "session",
+           "shipped_bytes", "step_bytes", "weight_bytes"]
