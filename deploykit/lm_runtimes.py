@@ -17,8 +17,9 @@ The conversions themselves (ONNX Runtime GenAI's model builder, ``torch.export``
   peak resident memory is that runtime's own and not the notebook's; :func:`measure_rounds`: that, in
   repeated rounds whose order alternates (``deploykit.bench.benchmark_rounds``' rule), and
   :func:`overlap_verdict`: a winner only where the rounds do not overlap;
-* :func:`step_read_bytes`: the weight bytes one decode step reads, counted from an ONNX graph, a
-  ``.tflite`` signature or a PyTorch module (each weight once, a lookup table one row).
+* :func:`step_read_bytes`: the weight bytes one decode step reads, counted from an ONNX graph
+  (``deploykit.bench.weight_bytes_read``), a ``.tflite`` signature or a PyTorch module (each weight
+  once, a lookup table one row).
 
 ONNX Runtime and ONNX Runtime GenAI record usage events in an offline store on disk
 (``~/.cache/Microsoft/DeveloperTools/.onnxruntime/*.db``, Microsoft's 1DS telemetry SDK) unless
@@ -782,38 +783,12 @@ def overlap_verdict(ranges: dict, *, lower_is_better: bool = True) -> tuple:
 # What one decode step reads
 
 
-#: Operators that read one row of a table per token: (op, input positions that are tables).
-ONNX_LOOKUPS = {"Gather": {0}, "GatherBlockQuantized": {0, 2, 3}, "GroupQueryAttention": {7, 8}}
+#: LiteRT operators that read one row of a table per token: (op, input positions that are tables).
 TFLITE_LOOKUPS = {"GATHER": {0}, "EMBEDDING_LOOKUP": {1}}
 
 
 def _one_row(nbytes: int, shape) -> int:
     return nbytes // int(shape[0]) if len(shape) and int(shape[0]) > 0 else nbytes
-
-
-def _onnx_step_bytes(path: Path) -> int:
-    import math
-
-    import onnx
-    from onnx import helper
-
-    graph = onnx.load(str(path), load_external_data=False).graph  # sizes from dims: no weight is read
-    uses: dict[str, list] = {}
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            uses.setdefault(name, []).append((node.op_type, position))
-    total = 0
-    for tensor in graph.initializer:
-        consumers = uses.get(tensor.name)
-        if not consumers:
-            continue  # read by no node
-        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            nbytes = (math.prod(tensor.dims) + 1) // 2
-        else:
-            nbytes = math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        lookup = all(position in ONNX_LOOKUPS.get(op, ()) for op, position in consumers)
-        total += _one_row(nbytes, tensor.dims) if lookup else nbytes
-    return total
 
 
 def _tflite_step_bytes(path: Path, signature: str) -> int:
@@ -867,11 +842,11 @@ def _torch_step_bytes(model) -> int:
 def step_read_bytes(source, *, signature: str = "decode") -> int:
     """Bytes of weights one decode step reads, counted from what the runtime runs.
 
-    ``source``: an ONNX graph (``.onnx``; its external data is not loaded), a ``.tflite`` (the
-    ``signature`` that decodes) or a PyTorch module. Every weight is counted once, however many
-    nodes or names share it (a tied embedding and output layer are one table); a table that is only
-    looked up (an embedding's ``Gather``/``EMBEDDING_LOOKUP``, a rotary cos/sin cache) counts one row:
-    a step looks up one token. The KV cache is not in it (it grows with the context):
+    ``source``: an ONNX graph (``.onnx``: ``deploykit.bench.weight_bytes_read``, lecture 13's count), a
+    ``.tflite`` (the ``signature`` that decodes) or a PyTorch module. Every weight is counted once,
+    however many nodes or names share it (a tied embedding and output layer are one table); a table
+    that is only looked up (an embedding's ``Gather``/``EMBEDDING_LOOKUP``) counts one row: a step
+    looks up one token. The KV cache is not in it (it grows with the context):
     ``language_model.kv_cache_bytes`` gives it.
     """
     import torch
@@ -883,7 +858,9 @@ def step_read_bytes(source, *, signature: str = "decode") -> int:
         if not path.is_file():
             raise FileNotFoundError(f"step_read_bytes: no file {path}")
         if path.suffix == ".onnx":
-            return _onnx_step_bytes(path)
+            from .bench import weight_bytes_read
+
+            return weight_bytes_read(path)[0]  # lecture 13's count, one source
         if path.suffix == ".tflite":
             return _tflite_step_bytes(path, signature)
         raise ValueError(f"step_read_bytes reads .onnx and .tflite files, got {path.name}")

@@ -444,7 +444,7 @@ def test_row_puts_the_kv_cache_in_the_ceiling_and_keeps_the_spreads(monkeypatch)
 # --- What a decode step reads ------------------------------------------------------------------
 
 
-def _onnx_model(path, *, tied: bool, unused: bool = False, int4: bool = False):
+def _onnx_model(path, *, tied: bool, int4: bool = False):
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -460,10 +460,8 @@ def _onnx_model(path, *, tied: bool, unused: bool = False, int4: bool = False):
     else:
         nodes.append(helper.make_node("MatMul", ["h", "head"], ["logits"]))
         inits.append(head)
-    if unused:
-        inits.append(numpy_helper.from_array(np.ones((100,), np.float32), "unused"))
     if int4:
-        inits.append(helper.make_tensor("packed", TensorProto.INT4, [8], [1] * 8))  # 8 int4 values: 4 bytes
+        inits.append(helper.make_tensor("packed", TensorProto.INT4, [8], bytes(4), raw=True))  # 8 int4 values: 4 bytes
         nodes.append(helper.make_node("Identity", ["packed"], ["packed_out"]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 1])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
@@ -476,8 +474,8 @@ def test_step_read_bytes_of_an_onnx_graph_counts_a_looked_up_table_once_per_row(
     assert lr.step_read_bytes(_onnx_model(tmp_path / "untied.onnx", tied=False)) == 16 + 64 + 160
     # Tied: the table is the output layer too, so a step reads all of it, once (not 160 + 16).
     assert lr.step_read_bytes(_onnx_model(tmp_path / "tied.onnx", tied=True)) == 160 + 64
-    # An initializer no node reads is not read; int4 values are half a byte each.
-    assert lr.step_read_bytes(_onnx_model(tmp_path / "extra.onnx", tied=True, unused=True, int4=True)) == 160 + 64 + 4
+    # int4 values are half a byte each, as stored.
+    assert lr.step_read_bytes(_onnx_model(tmp_path / "extra.onnx", tied=True, int4=True)) == 160 + 64 + 4
 
 
 def test_step_read_bytes_of_a_torch_module_counts_tied_weights_once():
