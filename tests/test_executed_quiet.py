@@ -149,6 +149,17 @@ def test_a_busy_output_is_found(tmp_path):
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
     assert [line.split(":")[0] for line in busy_outputs(path)] == ["cell 0", "cell 2"]
+    # In a Markdown or HTML display, in an error, or wrapped across two lines, it is still found.
+    half = len(BUSY_VERDICT) // 2
+    nb.cells += [nbformat.v4.new_code_cell("display", outputs=[nbformat.v4.new_output(
+                     "display_data", data={"text/markdown": f"**{BUSY}**", "text/plain": "<IPython.Markdown>"})]),
+                 nbformat.v4.new_code_cell("raise", outputs=[nbformat.v4.new_output(
+                     "error", ename="AssertionError", evalue=f"{BUSY}", traceback=["Traceback", f"AssertionError: {BUSY}"])]),
+                 nbformat.v4.new_code_cell("print", outputs=[nbformat.v4.new_output(
+                     "stream", name="stdout", text=f"verdict: {BUSY_VERDICT[:half].rstrip()}\n{BUSY_VERDICT[half:].lstrip()}\n")])]
+    nbformat.write(nb, path)
+    assert sorted({line.split(":")[0] for line in busy_outputs(path)}) == ["cell 0", "cell 2", "cell 3", "cell 4", "cell 5"]
+    del nb.cells[3:]
     nb.cells[0].outputs[0].text = "   others busy: 2% of the CPUs now (quiet)\n"
     nb.cells.pop(2)
     nbformat.write(nb, path)

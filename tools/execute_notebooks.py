@@ -45,12 +45,23 @@ def busy_output_lines(nb) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from deploykit.bench import BUSY, BUSY_VERDICT
 
+    def joined(value) -> str:
+        return "".join(value) if isinstance(value, list) else str(value)
+
     found = []
     for index, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             data = output.get("data", {})
-            text = "".join(output.get("text", "")) + "".join(data.get("text/plain", "")) + "".join(data.get("text/html", ""))
-            found += [f"cell {index}: {line.strip()}" for line in text.splitlines() if BUSY_VERDICT in line or BUSY in line]
+            # Every text an output carries: streams, every text/* form (plain, html, markdown...), an error's
+            # value and traceback.
+            parts = [output.get("text", ""), output.get("evalue", ""), *output.get("traceback", [])]
+            parts += [value for kind, value in data.items() if kind.startswith("text/")]
+            text = "\n".join(joined(part) for part in parts)
+            lines = [f"cell {index}: {line.strip()}" for line in text.splitlines() if BUSY_VERDICT in line or BUSY in line]
+            flat = " ".join(text.split())  # a verdict wrapped across lines
+            if not lines and (" ".join(BUSY_VERDICT.split()) in flat or " ".join(BUSY.split()) in flat):
+                lines = [f"cell {index}: (wrapped) {flat[:160]}"]
+            found += lines
     return found
 
 
