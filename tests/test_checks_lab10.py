@@ -885,8 +885,11 @@ def test_explanation_wrong_bytes_or_ceiling(graphs, bandwidth, capsys):
     weights = lab10.weight_bytes(graphs["int4"]["decode"])
     file_size = graphs["int4"]["decode"].stat().st_size
     fp32 = lab10.weight_bytes(graphs["decode"]) + cache
-    for wrong, hint in ((weights, "but not the key/value cache"), (file_size, "the file's size"),
-                        (file_size + cache, "the file's size"), (fp32, "is not what one decode step")):
+    attempts = [(weights, "but not the key/value cache"), (fp32, "is not what one decode step")]
+    if file_size > 1.03 * weights:  # a file larger than its weights (an export's stack traces, say); the course
+        # strips those (dk.exports.strip_debug_info), so its int4 file is its weights to within 2 %
+        attempts += [(file_size, "the file's size"), (file_size + cache, "the file's size")]
+    for wrong, hint in attempts:
         text = explanation_for(fixed(1.03), bandwidth, wrong, bandwidth * 1e9 / wrong)
         assert not explain(graphs, text, fixed(1.03), bandwidth, wrong, bandwidth * 1e9 / wrong)
         text = outcome(capsys)
