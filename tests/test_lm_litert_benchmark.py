@@ -63,29 +63,16 @@ def _sample(n):
 @pytest.fixture(scope="module")
 def toy_bundle(tmp_path_factory):
     import litert_torch
-    from litert_lm_builder import litertlm_builder
-    from litert_lm_builder.runtime.proto import llm_metadata_pb2
 
     from deploykit._quiet import converter_output_silenced
+    from deploykit.lm_litert import bundle_litertlm
 
     folder = tmp_path_factory.mktemp("litert_lm_toy")
     with converter_output_silenced():
         (litert_torch.signature(f"prefill_{PREFILL}", ToyStep(False).eval(), sample_kwargs=_sample(PREFILL))
          .signature("decode", ToyStep(True).eval(), sample_kwargs=_sample(1))
          .convert().export(str(folder / "model.tflite")))
-    metadata = llm_metadata_pb2.LlmMetadata(max_num_tokens=CACHE)
-    metadata.stop_tokens.add().token_ids.ids.append(0)
-    metadata.llm_model_type.generic_model.SetInParent()
-    (folder / "llm_metadata.pb").write_bytes(metadata.SerializeToString())
-    builder = litertlm_builder.LitertLmFileBuilder()
-    builder.add_system_metadata(litertlm_builder.Metadata(key="Authors", value="test",
-                                                          dtype=litertlm_builder.DType.STRING))
-    builder.add_llm_metadata(str(folder / "llm_metadata.pb"))
-    builder.add_hf_tokenizer(str(TOKENIZER))
-    builder.add_tflite_model(str(folder / "model.tflite"), litertlm_builder.TfLiteModelType.PREFILL_DECODE)
-    with open(folder / "model.litertlm", "wb") as file:
-        builder.build(file)
-    return folder / "model.litertlm"
+    return bundle_litertlm(folder, cache=CACHE)  # the course's bundle: stop token <|endoftext|> (id 0), its tokenizer
 
 
 def test_reports_the_engines_figures_for_the_tokens_asked(toy_bundle):
