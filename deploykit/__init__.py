@@ -29,7 +29,7 @@ _LAZY = {
     "load_graph": "graphs", "onnx_graph": "graphs", "tflite_graph": "graphs", "draw_graph": "graphs", "Graph": "graphs", "graph_from_fx": "graphs",
     "show_netron": "netron",
     "count_flops": "flops",
-    "installed_bytes": "installed", "installed_mb": "installed",
+    "installed_bytes": "installed", "installed_mb": "installed", "file_mb": "installed",
     "export_onnx": "exports", "strip_debug_info": "exports", "digits_onnx": "exports", "resnet18_onnx": "exports",
 }
 

@@ -1,4 +1,4 @@
-"""How much disk an installed Python distribution takes: one helper, one unit (lectures 05, 06, 12).
+"""Sizes on disk, one unit: an installed Python distribution (lectures 05, 06, 12) and a model file (everywhere).
 
 The course reports sizes in **MB = 10^6 bytes**, as pip and PyPI do; lectures once printed the same wheel as
 69 MB (decimal) and 61.4 "MB" (computed in MiB), which read as two different packages.
@@ -6,6 +6,8 @@ The course reports sizes in **MB = 10^6 bytes**, as pip and PyPI do; lectures on
 from __future__ import annotations
 
 from importlib import metadata
+from os import PathLike
+from pathlib import Path
 
 MB = 1_000_000  #: bytes in the course's megabyte
 
@@ -31,3 +33,13 @@ def installed_bytes(distribution: str) -> int:
 def installed_mb(distribution: str) -> float:
     """:func:`installed_bytes` in MB (10^6 bytes)."""
     return installed_bytes(distribution) / MB
+
+
+def file_mb(path: str | PathLike) -> float:
+    """Size of the file at ``path`` in MB (10^6 bytes), the unit every lecture prints file sizes in.
+
+    Raises ``FileNotFoundError`` naming the file when it is missing (export or download it first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file_mb: no file at {str(path)!r} (expected a model or archive the notebook wrote)")
+    return path.stat().st_size / MB

@@ -502,9 +502,9 @@ def peak_rss_mb() -> float:
     if status.exists():
         match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
         if match:
-            return int(match.group(1)) / 1024
-    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # kilobytes on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+            return int(match.group(1)) * 1024 / 1e6  # kB (KiB) -> MB (10^6 bytes), the course's unit
+    scale = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 
 
 def _stats(samples: list[float]) -> dict:

@@ -206,3 +206,40 @@ def test_the_name_scans_catch_wrong_names(tmp_path):
     assert own == {1} and 9 in named  # Exercise 9 would fail the lab test
     assert [int(m.group(1)) for m in LAB_NAME.finditer(cells(path)[0])] == [42] and 42 not in lab_numbers() | PLANNED["lab"]
     assert [int(n) for n in re.findall(r"\d{1,2}", LECTURE_NAME.search("lectures 13-14 and").group(0))] == [13, 14]
+
+
+# --- Sections named by their heading ("lecture 07, "The ORT format"") -------------------------------------
+
+#: "lecture 07, "The ORT format"", "Lecture 07 ("The ORT format")", "lecture 07's "Cold start""
+NAMED_SECTION = re.compile(r"\blectures?\s+(\d{1,2})(?:'s)?,?\s*\(?\s*[\"“]([^\"”\n]{3,80})[\"”]", re.I)
+ANY_HEADING = re.compile(r"^#{1,4}\s+(.+?)\s*$", re.M)
+
+
+def heading_titles(path: Path) -> list[str]:
+    """Every heading of a notebook, without its number and Markdown code marks, lower case."""
+    return [re.sub(rf"^{NUMBER}\.?\s+", "", title).replace("`", "").lower()
+            for text in markdown(path) for title in ANY_HEADING.findall(text)]
+
+
+def named_sections(text: str) -> list[tuple[str, str]]:
+    """(lecture number, quoted heading) for each section a text names by its heading."""
+    return [(m.group(1), m.group(2)) for m in NAMED_SECTION.finditer(text)]
+
+
+def test_the_heading_scan_finds_quoted_names():
+    assert named_sections('(lecture 07, "The ORT format")') == [("07", "The ORT format")]
+    assert named_sections('Lecture 07 ("The ORT format") says') == [("07", "The ORT format")]
+    assert named_sections("lecture 13's “Sampling” section") == [("13", "Sampling")]
+    assert "the ort format (.ort)" in heading_titles(lecture("07"))
+    assert not any(t.startswith("the ort formats") for t in heading_titles(lecture("07")))  # a wrong name would fail
+
+
+@pytest.mark.parametrize("path", LECTURES + SOLUTIONS + DOCS, ids=lambda p: p.stem)
+def test_a_section_named_by_its_heading_exists(path):
+    for text in texts(path):
+        for number, name in named_sections(text):
+            titles = heading_titles(lecture(number))
+            wanted = name.replace("`", "").lower().strip()
+            assert any(title.startswith(wanted) for title in titles), (
+                f"{path.name} names lecture {number}'s section {name!r}, which is not one of its headings: "
+                f"{[t for t in titles][:30]}")

@@ -374,3 +374,16 @@ def test_installed_size_is_one_unit_for_every_lecture():
     assert dk.installed_mb("ONNXRuntime") == dk.installed_mb("onnxruntime")  # pip names are case-insensitive
     with pytest.raises(ValueError, match="no distribution 'not-a-package-xyz' is installed"):
         dk.installed_mb("not-a-package-xyz")
+
+
+def test_file_sizes_are_decimal_mb_and_a_missing_file_is_named(tmp_path):
+    import deploykit as dk
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\0" * 3_000_000)
+    assert dk.file_mb(model) == 3.0  # 10^6 bytes, not 2^20 (that would print 2.86)
+    assert dk.file_mb(str(model)) == 3.0
+    with pytest.raises(FileNotFoundError, match="no file at .*missing.onnx"):
+        dk.file_mb(tmp_path / "missing.onnx")
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        dk.file_mb(tmp_path)  # a folder is not a file

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -609,3 +610,13 @@ def test_the_executorch_runtime_loads_without_its_exporter():
             "import executorch.exir; print(hasattr(executorch.exir, 'to_edge_transform_and_lower'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False", "True"]  # the exporter still imports whole afterwards
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only: VmHWM")
+def test_peak_memory_is_in_decimal_mb():
+    from deploykit import lm_runtimes as lr
+
+    peak = lr.peak_rss_mb()
+    kib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+    assert peak == pytest.approx(kib * 1024 / 1e6, rel=0.05)  # 10^6 bytes: kB / 1024 (MiB) would be 4.6 % less
+    assert peak > kib / 1024 * 1.03

@@ -367,12 +367,12 @@ class TreeWatcher(threading.Thread):
                     total += rss
                     cmdline = process.cmdline()
                     if "ipykernel_launcher" in cmdline:
-                        self.kernel_mb = max(self.kernel_mb, rss / 2**20)
+                        self.kernel_mb = max(self.kernel_mb, rss / 1e6)
                         if self.kernel_env is None:
                             self.kernel_cmdline, self.kernel_env = cmdline, process.environ()
                 except psutil.Error:
                     pass
-            self.total_mb = max(self.total_mb, total / 2**20)
+            self.total_mb = max(self.total_mb, total / 1e6)
 
 
 def run_notebook(notebook: Path, *, emulated: bool, addopts: str, env: dict[str, str], junit: Path,
