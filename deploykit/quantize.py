@@ -38,8 +38,8 @@ def _fresh(target: Path, source: Path) -> bool:
 
 
 def file_size_kb(path) -> float:
-    """Size of a file in kilobytes (1 KB = 1024 bytes)."""
-    return Path(path).stat().st_size / 1024
+    """Size of a file in kilobytes (1 KB = 1000 bytes, as ``dk.file_mb``'s MB is 10^6 bytes)."""
+    return Path(path).stat().st_size / 1000
 
 
 def calibration_batches(x: np.ndarray, batch_size: int = 64, input_name: str = INPUT_NAME) -> list[dict]:

@@ -25,7 +25,7 @@ def results():
 
 
 def right_size_kb(path):
-    return path.stat().st_size / 1024
+    return path.stat().st_size / 1000
 
 
 def make_accuracy(split):
@@ -38,6 +38,8 @@ def test_helpers(split, capsys):
     assert lab05.check_helpers(right_size_kb, make_accuracy(split))
     assert not lab05.check_helpers(lambda p: p.stat().st_size, make_accuracy(split))
     assert "bytes" in capsys.readouterr().out
+    assert not lab05.check_helpers(lambda p: p.stat().st_size / 1024, make_accuracy(split))  # KiB, not the course's KB
+    assert "KiB" in capsys.readouterr().out
     assert not lab05.check_helpers(right_size_kb, lambda p: 100 * make_accuracy(split)(p))
     assert "percentage" in capsys.readouterr().out
     assert not lab05.check_helpers(right_size_kb, lambda p: q.onnx_accuracy(p, split.x_test[:50], split.y_test[:50]))

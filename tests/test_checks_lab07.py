@@ -68,7 +68,7 @@ def files(mlp, split):
 def table(files):
     rows = {}
     for name, path in files.items():
-        rows[name] = {"file": path, "size_kb": path.stat().st_size / 1024, "accuracy": 0.97,
+        rows[name] = {"file": path, "size_kb": path.stat().st_size / 1000, "accuracy": 0.97,
                       "top1_agreement": 1.0, "latency": bench(0.01 if name != "pytorch_eager" else 0.2)}
     return rows
 
@@ -110,7 +110,10 @@ def test_table(table, capsys):
     capsys.readouterr()
     wrong_size = {**table, "ort_int8": {**table["ort_int8"], "size_kb": table["ort_int8"]["size_kb"] * 1024}}
     assert not lab07.check_table(wrong_size)
-    assert "st_size / 1024" in capsys.readouterr().out
+    assert "st_size / 1000" in capsys.readouterr().out
+    kib = {**table, "ort_int8": {**table["ort_int8"], "size_kb": table["ort_int8"]["file"].stat().st_size / 1024}}
+    assert not lab07.check_table(kib)
+    assert "KiB" in capsys.readouterr().out
     two_threads = {**table, "ort_fp32": {**table["ort_fp32"], "latency": bench(0.01, threads=2)}}
     assert not lab07.check_table(two_threads)
     assert "one thread" in capsys.readouterr().out

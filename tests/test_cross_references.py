@@ -28,7 +28,7 @@ CITATIONS = {
                                             ("attention", "KV cache"),
                                             ("MatMulNBits", "Quantisation"),
                                             ("bandwidth", "ceiling")],
-    ("14_llm_runtimes_on_device", "13"): [("eager", "changes for a transformer")],
+    ("14_llm_runtimes_on_device", "13"): [("eager", "changes for a transformer"), ("fusion", "Fusions")],
 }
 
 NUMBER = r"\d+(?:\.\d+)*"
@@ -38,6 +38,9 @@ CROSS = re.compile(rf"\b(?:lecture|notebook)\s+(\d{{1,2}})(?:'s)?,?\s+sections?\
 #: "section 7 of lecture 13"
 CROSS_AFTER = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-){NUMBER})*)\s+of\s+(?:lecture|notebook)\s+"
                          r"(\d{1,2})\b", re.I)
+#: "lecture 13's fusion tools (its section 6)": the section of the lecture named last before it
+ITS = re.compile(rf"\bits\s+sections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-){NUMBER})*)", re.I)
+LAST_LECTURE = re.compile(r"\blecture\s+(\d{1,2})\b", re.I)
 BARE = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+){NUMBER})*)", re.I)
 HEADING = re.compile(rf"^#{{2,4}}\s+({NUMBER})\.?\s+(.+?)\s*$", re.M)
 
@@ -85,6 +88,10 @@ def cross_references(path: Path) -> list[tuple[str, list[str], str, tuple[int, i
             found.append((match.group(1), numbers(match.group(2)), context(text, *match.span()), match.span()))
         for match in CROSS_AFTER.finditer(text):
             found.append((match.group(2), numbers(match.group(1)), context(text, *match.span()), match.span()))
+        for match in ITS.finditer(text):
+            named = LAST_LECTURE.findall(text[:match.start()])
+            assert named, f"{path.name}: {text[max(0, match.start() - 80):match.end()]!r} says 'its section' after no lecture"
+            found.append((named[-1], numbers(match.group(1)), context(text, *match.span()), match.span()))
     return found
 
 
@@ -92,7 +99,7 @@ def bare_references(path: Path) -> list[tuple[list[str], str]]:
     """(section numbers, the text around it) for each "section N" that names no lecture."""
     found = []
     for text in cells(path):
-        taken = [m.span() for pattern in (CROSS, CROSS_AFTER) for m in pattern.finditer(text)]
+        taken = [m.span() for pattern in (CROSS, CROSS_AFTER, ITS) for m in pattern.finditer(text)]
         for match in BARE.finditer(text):
             if any(a <= match.start() < b for a, b in taken):
                 continue
@@ -112,6 +119,9 @@ def test_the_scan_finds_what_it_should():
     assert [(m.group(2), numbers(m.group(1))) for m in CROSS_AFTER.finditer(sample)] == [("11", ["2"])]
     assert "MatMulNBits" in context(sample, sample.index("lecture"), sample.index(");"))
     assert any(path.name.startswith("lab10") for path in CITING)
+    its = "lecture 13's fusion tools (its section 6) treat both alike"
+    assert [(LAST_LECTURE.findall(its[:m.start()])[-1], numbers(m.group(1))) for m in ITS.finditer(its)] == [("13", ["6"])]
+    assert not [m for m in BARE.finditer(its) if not any(a <= m.start() < b for a, b in [x.span() for x in ITS.finditer(its)])]
 
 
 @pytest.mark.parametrize("path", CITING, ids=lambda p: p.stem)
@@ -212,6 +222,8 @@ def test_the_name_scans_catch_wrong_names(tmp_path):
 
 #: "lecture 07, "The ORT format"", "Lecture 07 ("The ORT format")", "lecture 07's "Cold start""
 NAMED_SECTION = re.compile(r"\blectures?\s+(\d{1,2})(?:'s)?,?\s*\(?\s*[\"“]([^\"”\n]{3,80})[\"”]", re.I)
+#: ""The ORT format" in lecture 07", "“Sampling” of lecture 13", ""Cold start" section in lecture 05"
+NAMED_SECTION_AFTER = re.compile(r"[\"“]([^\"”\n]{3,80})[\"”],?\s+(?:section\s+)?(?:in|of)\s+lectures?\s+(\d{1,2})\b", re.I)
 ANY_HEADING = re.compile(r"^#{1,4}\s+(.+?)\s*$", re.M)
 
 
@@ -223,13 +235,16 @@ def heading_titles(path: Path) -> list[str]:
 
 def named_sections(text: str) -> list[tuple[str, str]]:
     """(lecture number, quoted heading) for each section a text names by its heading."""
-    return [(m.group(1), m.group(2)) for m in NAMED_SECTION.finditer(text)]
+    return ([(m.group(1), m.group(2)) for m in NAMED_SECTION.finditer(text)]
+            + [(m.group(2), m.group(1)) for m in NAMED_SECTION_AFTER.finditer(text)])
 
 
 def test_the_heading_scan_finds_quoted_names():
     assert named_sections('(lecture 07, "The ORT format")') == [("07", "The ORT format")]
     assert named_sections('Lecture 07 ("The ORT format") says') == [("07", "The ORT format")]
     assert named_sections("lecture 13's “Sampling” section") == [("13", "Sampling")]
+    assert named_sections('see "The ORT format" in lecture 07') == [("07", "The ORT format")]
+    assert named_sections("“Sampling” section of lecture 13") == [("13", "Sampling")]
     assert "the ort format (.ort)" in heading_titles(lecture("07"))
     assert not any(t.startswith("the ort formats") for t in heading_titles(lecture("07")))  # a wrong name would fail
 

@@ -68,19 +68,22 @@ def _onnx_ops(path: Path) -> set[str]:
 
 @check("measurement helpers: size_kb and accuracy_of")
 def check_helpers(size_kb, accuracy_of) -> None:
-    """``size_kb(path)`` in KB (1024 bytes) and ``accuracy_of(path)`` on the digits test split."""
+    """``size_kb(path)`` in KB (1000 bytes, as the course's MB is 10^6 bytes) and ``accuracy_of(path)`` on the digits test split."""
     from ..exports import digits_onnx
 
     require(callable(size_kb) and callable(accuracy_of), "pass the two functions themselves: check_helpers(size_kb, accuracy_of)")
     path = digits_onnx()
-    expected_kb = path.stat().st_size / 1024
+    expected_kb = path.stat().st_size / 1000
     got_kb = size_kb(path)
     require(isinstance(got_kb, (int, float)) and not isinstance(got_kb, bool),
             f"size_kb should return a number, got {type(got_kb).__name__}")
     require(not math.isclose(got_kb, path.stat().st_size, rel_tol=1e-6),
-            "size_kb returned bytes: divide by 1024 for kilobytes")
+            "size_kb returned bytes: divide by 1000 for kilobytes")
+    kib = path.stat().st_size / 1024  # the usual wrong unit
+    require(not math.isclose(got_kb, kib, rel_tol=1e-6),
+            "size_kb divided by 1024, which gives KiB: the course's KB is 1000 bytes, as its MB is 10^6 bytes")
     require(math.isclose(got_kb, expected_kb, rel_tol=1e-3),
-            f"size_kb gave {got_kb:.1f} for a {expected_kb:.1f} KB file: use path.stat().st_size / 1024")
+            f"size_kb gave {got_kb:.1f} for a {expected_kb:.1f} KB file: use path.stat().st_size / 1000")
     got_acc = accuracy_of(path)
     require(isinstance(got_acc, (float, np.floating)), f"accuracy_of should return a float, got {type(got_acc).__name__}")
     require(0.0 <= got_acc <= 1.0, f"accuracy_of gave {got_acc}: return a fraction between 0 and 1, not a percentage")
@@ -196,8 +199,8 @@ def check_quantized(path, kind: str, calibration=None) -> None:
                 f"{path.name} has no QuantizeLinear/QLinear operators: use quantize_static with a CalibrationDataReader"
                 + ("; it looks dynamically quantised" if ops & DYNAMIC_OPS else ""))
         require(not ops & {"DynamicQuantizeLinear"}, "a static model should not quantise activations at run time")
-    fp32_kb = digits_onnx().stat().st_size / 1024
-    kb = path.stat().st_size / 1024
+    fp32_kb = digits_onnx().stat().st_size / 1000
+    kb = path.stat().st_size / 1000
     require(kb < 0.5 * fp32_kb, f"{path.name} is {kb:.1f} KB, not much smaller than fp32 ({fp32_kb:.1f} KB): "
             "were the weights quantised (weight_type=QuantType.QInt8)?")
     accuracy = _accuracy(path)
@@ -222,7 +225,7 @@ def check_latency(results: dict) -> None:
 def check_budget(path) -> None:
     """The file to ship: below ``SIZE_BUDGET_KB`` and within ``MAX_DROP_POINTS`` of fp32 accuracy."""
     path = _model_file(path)
-    kb = path.stat().st_size / 1024
+    kb = path.stat().st_size / 1000
     require(kb < SIZE_BUDGET_KB, f"{path.name} is {kb:.1f} KB, over the {SIZE_BUDGET_KB:.0f} KB budget: quantise the "
             "weights to int8 (a quarter of float32's bytes)")
     accuracy = _accuracy(path)
@@ -247,7 +250,7 @@ def check_choice(choice: str, results: dict) -> None:
 
     def within(label):
         path = files[label]
-        return path.stat().st_size / 1024 < SIZE_BUDGET_KB and 100 * (fp32_accuracy() - _accuracy(path)) <= MAX_DROP_POINTS
+        return path.stat().st_size / 1000 < SIZE_BUDGET_KB and 100 * (fp32_accuracy() - _accuracy(path)) <= MAX_DROP_POINTS
 
     require(within(choice), f"{choice!r} does not meet the budget (size < {SIZE_BUDGET_KB:.0f} KB and drop <= "
             f"{MAX_DROP_POINTS:g} point): fp32 is too big")
