@@ -224,6 +224,9 @@ def run_with_llm_runner(pte_path, tokenizer_path, prompt: str, n_new: int, *, th
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup expected an int >= 0, got {warmup!r}")
     pte_path = _require_pte(pte_path)
+    import contextlib
+    import io
+
     from ._quiet import native_stderr_captured, native_stdout_silenced
 
     metadata = read_metadata(pte_path)
@@ -249,7 +252,8 @@ def run_with_llm_runner(pte_path, tokenizer_path, prompt: str, n_new: int, *, th
     if budget < 1:
         raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room in {pte_path.name}'s cache of "
                          f"{context} positions (get_max_context_len)")
-    with native_stdout_silenced(), native_stderr_captured() as log:
+    python_log = io.StringIO()  # the thread pool's notices go through Python's sys.stderr, not the C one
+    with native_stdout_silenced(), native_stderr_captured() as log, contextlib.redirect_stderr(python_log):
         try:
             portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's threads: the runner shares this pool
             config = GenerationConfig(echo=False, max_new_tokens=budget, temperature=0.0)
@@ -264,7 +268,7 @@ def run_with_llm_runner(pte_path, tokenizer_path, prompt: str, n_new: int, *, th
         except RuntimeError as error:
             failure = error
     if failure is not None:
-        last = [line for line in log.text.splitlines() if line.strip()][-1:]  # the runner logs its reason last
+        last = [line for line in (python_log.getvalue() + log.text).splitlines() if line.strip()][-1:]  # its reason last
         raise RuntimeError(f"ExecuTorch's LLM runner failed on {pte_path.name}: {failure}"
                            + (f"; its log ends: {last[0]}" if last else "")) from failure
     pieces, stats = runs[-1]

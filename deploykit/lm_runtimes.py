@@ -507,6 +507,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 
 
+def model_files(spec: dict) -> list[Path]:
+    """The files a spec's runtime loads its model from (a folder's files for ``model_dir``; the course's
+    Hugging Face folder for ``torch``)."""
+    if spec.get("kind") == "torch":
+        from .language_model import lm_path
+
+        folders = [lm_path()]
+    else:
+        folders = [Path(spec[key]) for key in ("model_dir",) if key in spec]
+    files = [Path(spec[key]) for key in ("prefill", "decode", "model", "pte") if key in spec]
+    files += [f for folder in folders for f in sorted(folder.iterdir()) if f.is_file()]
+    return [f.resolve() for f in files]
+
+
+def mapped_files(spec: dict) -> list[str]:
+    """Names of the spec's model files this process has memory-mapped (``/proc/self/maps``): a runtime that
+    maps its weights reads them from the page cache on demand instead of copying them at load. Linux only
+    (elsewhere: an empty list)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    text = maps.read_text()
+    return sorted({f.name for f in model_files(spec) if str(f) in text})
+
+
 def _stats(samples: list[float]) -> dict:
     from .bench import percentile
 
@@ -538,7 +563,11 @@ def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, w
                "decode_positions": [len(prompt_ids) + warmup, len(prompt_ids) + warmup + decode_steps - 1],
                "by_threads": {}}
     for count in threads:
+        loading = time.perf_counter()
         runner = make_runner(spec, _check_threads(count))
+        load_ms = (time.perf_counter() - loading) * 1e3
+        if "mapped" not in results:  # after the first load: which of the model's files the runtime mapped
+            results["mapped"] = mapped_files(spec)
         setup, first = [], []
         for i in range(warmup + repeats):
             start = time.perf_counter()
@@ -558,7 +587,8 @@ def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, w
                 if i >= warmup:
                     steps.append((time.perf_counter() - start) * 1e3)
         step = _stats(steps)
-        results["by_threads"][str(count)] = {"setup_ms": _stats(setup), "ttft_ms": _stats(first), "step_ms": step,
+        results["by_threads"][str(count)] = {"load_ms": _stats([load_ms]), "setup_ms": _stats(setup),
+                                             "ttft_ms": _stats(first), "step_ms": step,
                                              "tokens_per_s": 1e3 / step["median"]}
         del runner
     results["rss_before_mb"] = rss_before
@@ -684,11 +714,12 @@ class RuntimeRounds:
 
     def result(self, metric: str, threads: int = 1):
         """A ``deploykit.bench.RoundsResult`` (ms per call, one tuple of samples per round) of ``metric``:
-        ``"setup"``, ``"ttft"`` or ``"step"``, at ``threads``."""
+        ``"load"`` (making the runner: loading the model, one sample per round), ``"setup"``, ``"ttft"``
+        or ``"step"``, at ``threads``."""
         from .bench import RoundsResult
 
-        if metric not in ("setup", "ttft", "step"):
-            raise ValueError(f"result expected metric 'setup', 'ttft' or 'step', got {metric!r}")
+        if metric not in ("load", "setup", "ttft", "step"):
+            raise ValueError(f"result expected metric 'load', 'setup', 'ttft' or 'step', got {metric!r}")
         key = str(threads)
         if any(key not in r["by_threads"] for r in self.rounds):
             raise ValueError(f"{self.label}: not measured at {threads} thread(s) in every round")
@@ -713,6 +744,16 @@ class RuntimeRounds:
     @property
     def peak_rss_mb(self) -> tuple[float, float, float]:
         return spread(r["peak_rss_mb"] for r in self.rounds)
+
+    @property
+    def cold_load_ms(self) -> tuple[float, float, float]:
+        """Making the first runner (1 thread) in a fresh process: the runtime's imports and the model's load,
+        the model file already in the OS page cache. (median, lowest, highest) over the rounds whose process
+        was new; NaNs where no round records it."""
+        fresh = [r["by_threads"]["1"]["load_ms"]["median"] for r, kept in
+                 zip(self.rounds, self.reused or (False,) * len(self.rounds))
+                 if not kept and "load_ms" in r["by_threads"].get("1", {})]
+        return spread(fresh) if fresh else (float("nan"),) * 3
 
 
 def measure_rounds(specs: dict, prompt_ids, *, rounds: int = 3, timeout: float = 300, **kwargs) -> dict:
@@ -885,6 +926,7 @@ class Row:
     peak_rss_mb: tuple
     ceiling_tokens_per_s: float
     measured: RuntimeRounds
+    load_ms: tuple = (float("nan"),) * 3  # RuntimeRounds.cold_load_ms: imports + model load in a fresh process
 
     @property
     def read_mb(self) -> float:
@@ -915,7 +957,7 @@ def row(runtime: str, precision: str, measured: RuntimeRounds, *, weight_bytes: 
     return Row(runtime, precision, weight_bytes / 1e6, kv_bytes / 1e6, measured.ms("setup"), measured.ms("ttft"),
                measured.tail("ttft"), measured.tokens_per_s(1), measured.tail("step"),
                measured.tokens_per_s(2) if "2" in threads else nan, measured.peak_rss_mb,
-               decode_ceiling(bandwidth_gbs, weight_bytes, kv_bytes), measured)
+               decode_ceiling(bandwidth_gbs, weight_bytes, kv_bytes), measured, measured.cold_load_ms)
 
 
 def _main() -> None:

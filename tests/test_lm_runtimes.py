@@ -335,6 +335,49 @@ def test_measure_times_set_up_apart_from_the_first_token(monkeypatch):
     assert result["decode_positions"] == [4, 6] and result["warmup"] == 1 and result["repeats"] == 3
 
 
+class SlowToLoad(Timed):
+    def __init__(self, threads=1):
+        time.sleep(0.040)  # the model's load
+        super().__init__(threads)
+
+
+def test_measure_times_the_load_apart_from_set_up(monkeypatch):
+    monkeypatch.setattr(lr, "make_runner", lambda spec, threads: SlowToLoad(threads))
+    result = lr.measure({"kind": "torch"}, [5, 6, 7], threads=(1,), decode_steps=1, warmup=0, repeats=1)
+    load = result["by_threads"]["1"]["load_ms"]
+    assert load["n"] == 1 and 38 <= load["median"] < 200  # the 40 ms constructor, not the 30 ms reset
+    assert 28 <= result["by_threads"]["1"]["setup_ms"]["median"] < 60 and result["mapped"] == []
+
+
+def test_cold_load_counts_only_rounds_in_a_fresh_process():
+    def with_load(ms):
+        result = fake_result(1.0)
+        result["by_threads"]["1"]["load_ms"] = {"samples": [ms], "median": ms, "p90": ms, "n": 1}
+        return result
+
+    measured = lr.RuntimeRounds("X", (with_load(900.0), with_load(5.0), with_load(1000.0)), (1, 1, 1), (False, True, False))
+    assert measured.cold_load_ms == (950.0, 900.0, 1000.0)  # the kept process's 5 ms load is not a cold start
+    row = lr.row("X", "float32", measured, weight_bytes=1, kv_bytes=0, bandwidth_gbs=1)
+    assert row.load_ms == (950.0, 900.0, 1000.0)
+    assert all(math.isnan(v) for v in lr.RuntimeRounds("Y", (fake_result(1.0),), (1.0,)).cold_load_ms)
+
+
+def test_mapped_files_reads_this_processes_memory_maps(tmp_path):
+    import mmap
+
+    model = tmp_path / "model.tflite"
+    model.write_bytes(bytes(8192))
+    spec = {"kind": "litert", "model": model}
+    assert lr.model_files(spec) == [model.resolve()]
+    assert lr.mapped_files(spec) == []  # read, not mapped
+    with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ):
+        assert lr.mapped_files(spec) == (["model.tflite"] if Path("/proc/self/maps").exists() else [])
+    folder = tmp_path / "genai"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"x")
+    assert [f.name for f in lr.model_files({"kind": "genai", "model_dir": folder})] == ["model.onnx"]
+
+
 def fake_result(step_ms, ttft_ms=2.0, setup_ms=0.5, rss=100.0, threads=("1", "2")):
     samples = lambda value: {"samples": [value * f for f in (0.9, 1.0, 1.1)], "median": value, "p90": value * 1.08, "n": 3}  # noqa: E731
     return {"warmup": 1, "batch": 1, "peak_rss_mb": rss, "prompt_tokens": 3,
