@@ -521,15 +521,31 @@ def model_files(spec: dict) -> list[Path]:
     return [f.resolve() for f in files]
 
 
-def mapped_files(spec: dict) -> list[str]:
-    """Names of the spec's model files this process has memory-mapped (``/proc/self/maps``): a runtime that
-    maps its weights reads them from the page cache on demand instead of copying them at load. Linux only
-    (elsewhere: an empty list)."""
+def mapped_files(spec: dict) -> dict[str, float]:
+    """MB of each of the spec's model files this process has memory-mapped (``/proc/self/maps``, the sum of
+    its mappings' sizes; a file not mapped is absent). A mapped file is read from the page cache on demand,
+    but a runtime may still copy or repack the weights into its own memory (:func:`anonymous_mb` tells).
+    Linux only (elsewhere: an empty dict)."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
-        return []
-    text = maps.read_text()
-    return sorted({f.name for f in model_files(spec) if str(f) in text})
+        return {}
+    wanted = {str(f): f.name for f in model_files(spec)}
+    mapped: dict[str, float] = {}
+    for line in maps.read_text().splitlines():
+        fields = line.split(None, 5)  # address perms offset dev inode [path]
+        if len(fields) == 6 and fields[5] in wanted:  # the exact path: model.onnx is not model.onnx.data
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            name = wanted[fields[5]]
+            mapped[name] = mapped.get(name, 0.0) + (end - start) / 1e6
+    return dict(sorted(mapped.items()))
+
+
+def anonymous_mb() -> float:
+    """This process's anonymous resident memory (``RssAnon``: heap and private copies, not mapped files), MB;
+    NaN where ``/proc/self/status`` has no such line."""
+    status = Path("/proc/self/status")
+    match = re.search(r"^RssAnon:\s+(\d+) kB", status.read_text(), re.M) if status.exists() else None
+    return int(match.group(1)) * 1024 / 1e6 if match else float("nan")
 
 
 def _stats(samples: list[float]) -> dict:
@@ -563,11 +579,14 @@ def measure(spec: dict, prompt_ids, *, threads=(1, 2), decode_steps: int = 32, w
                "decode_positions": [len(prompt_ids) + warmup, len(prompt_ids) + warmup + decode_steps - 1],
                "by_threads": {}}
     for count in threads:
+        anonymous = anonymous_mb()
         loading = time.perf_counter()
         runner = make_runner(spec, _check_threads(count))
         load_ms = (time.perf_counter() - loading) * 1e3
-        if "mapped" not in results:  # after the first load: which of the model's files the runtime mapped
-            results["mapped"] = mapped_files(spec)
+        if "first_load_ms" not in results:  # the first runner of this call: in a fresh process, the cold load
+            results["first_load_ms"] = load_ms
+            results["mapped_mb"] = mapped_files(spec)  # which model files the runtime mapped, and how much
+            results["copied_mb"] = anonymous_mb() - anonymous  # private memory the load added (weights copied, packed)
         setup, first = [], []
         for i in range(warmup + repeats):
             start = time.perf_counter()
@@ -714,12 +733,11 @@ class RuntimeRounds:
 
     def result(self, metric: str, threads: int = 1):
         """A ``deploykit.bench.RoundsResult`` (ms per call, one tuple of samples per round) of ``metric``:
-        ``"load"`` (making the runner: loading the model, one sample per round), ``"setup"``, ``"ttft"``
-        or ``"step"``, at ``threads``."""
+        ``"setup"``, ``"ttft"`` or ``"step"``, at ``threads`` (the load is :attr:`cold_load_ms`)."""
         from .bench import RoundsResult
 
-        if metric not in ("load", "setup", "ttft", "step"):
-            raise ValueError(f"result expected metric 'load', 'setup', 'ttft' or 'step', got {metric!r}")
+        if metric not in ("setup", "ttft", "step"):
+            raise ValueError(f"result expected metric 'setup', 'ttft' or 'step', got {metric!r}")
         key = str(threads)
         if any(key not in r["by_threads"] for r in self.rounds):
             raise ValueError(f"{self.label}: not measured at {threads} thread(s) in every round")
@@ -747,13 +765,17 @@ class RuntimeRounds:
 
     @property
     def cold_load_ms(self) -> tuple[float, float, float]:
-        """Making the first runner (1 thread) in a fresh process: the runtime's imports and the model's load,
-        the model file already in the OS page cache. (median, lowest, highest) over the rounds whose process
-        was new; NaNs where no round records it."""
-        fresh = [r["by_threads"]["1"]["load_ms"]["median"] for r, kept in
-                 zip(self.rounds, self.reused or (False,) * len(self.rounds))
-                 if not kept and "load_ms" in r["by_threads"].get("1", {})]
+        """Making the first runner of a measurement in a fresh process: the runtime's imports and the model's
+        load, the model file already in the OS page cache. (median, lowest, highest) over the rounds whose
+        process was new (:attr:`cold_loads` says how many); NaNs where no round records it."""
+        fresh = self.cold_loads
         return spread(fresh) if fresh else (float("nan"),) * 3
+
+    @property
+    def cold_loads(self) -> list[float]:
+        """``first_load_ms`` of every round measured in a new process (a reused one has imported already)."""
+        return [r["first_load_ms"] for r, kept in zip(self.rounds, self.reused or (False,) * len(self.rounds))
+                if not kept and "first_load_ms" in r]
 
 
 def measure_rounds(specs: dict, prompt_ids, *, rounds: int = 3, timeout: float = 300, **kwargs) -> dict:

@@ -38,8 +38,15 @@ def test_helpers(split, capsys):
     assert lab05.check_helpers(right_size_kb, make_accuracy(split))
     assert not lab05.check_helpers(lambda p: p.stat().st_size, make_accuracy(split))
     assert "bytes" in capsys.readouterr().out
-    assert not lab05.check_helpers(lambda p: p.stat().st_size / 1024, make_accuracy(split))  # KiB, not the course's KB
-    assert "KiB" in capsys.readouterr().out
+    for kib in (lambda p: p.stat().st_size / 1024, lambda p: round(p.stat().st_size / 1024, 1),
+                lambda p: p.stat().st_size >> 10):  # KiB, not the course's KB, however rounded
+        assert not lab05.check_helpers(kib, make_accuracy(split))
+        assert "KiB" in capsys.readouterr().out
+    assert lab05.check_helpers(lambda p: round(p.stat().st_size / 1000, 1), make_accuracy(split))
+    capsys.readouterr()
+    assert not lab05.check_helpers(lambda p: p.stat().st_size // 1000, make_accuracy(split))
+    out = capsys.readouterr().out
+    assert "//" in out and f"{q.file_size_kb(dk.digits_onnx()):.1f}" not in out  # the method, never the value
     assert not lab05.check_helpers(right_size_kb, lambda p: 100 * make_accuracy(split)(p))
     assert "percentage" in capsys.readouterr().out
     assert not lab05.check_helpers(right_size_kb, lambda p: q.onnx_accuracy(p, split.x_test[:50], split.y_test[:50]))

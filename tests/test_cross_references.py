@@ -40,7 +40,8 @@ CROSS_AFTER = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-){NU
                          r"(\d{1,2})\b", re.I)
 #: "lecture 13's fusion tools (its section 6)": the section of the lecture named last before it
 ITS = re.compile(rf"\bits\s+sections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+|-){NUMBER})*)", re.I)
-LAST_LECTURE = re.compile(r"\blecture\s+(\d{1,2})\b", re.I)
+LAST_LECTURE = re.compile(r"\b(?:lecture|notebook)s?\s+(\d{1,2})\b", re.I)
+SENTENCE_END = re.compile(r"[.!?]\s|\n\n")
 BARE = re.compile(rf"\bsections?\s+({NUMBER}(?:(?:\s*,\s*|\s+and\s+){NUMBER})*)", re.I)
 HEADING = re.compile(rf"^#{{2,4}}\s+({NUMBER})\.?\s+(.+?)\s*$", re.M)
 
@@ -89,10 +90,18 @@ def cross_references(path: Path) -> list[tuple[str, list[str], str, tuple[int, i
         for match in CROSS_AFTER.finditer(text):
             found.append((match.group(2), numbers(match.group(1)), context(text, *match.span()), match.span()))
         for match in ITS.finditer(text):
-            named = LAST_LECTURE.findall(text[:match.start()])
-            assert named, f"{path.name}: {text[max(0, match.start() - 80):match.end()]!r} says 'its section' after no lecture"
-            found.append((named[-1], numbers(match.group(1)), context(text, *match.span()), match.span()))
+            found.append((its_lecture(text, match.start()), numbers(match.group(1)), context(text, *match.span()),
+                          match.span()))
     return found
+
+
+def its_lecture(text: str, at: int) -> str | None:
+    """The lecture an "its section N" at ``at`` belongs to: the last one named earlier in the same sentence
+    (None when the sentence names none: "the docs (its section 3)" is no lecture's)."""
+    sentence = text[:at]
+    ends = [m.end() for m in SENTENCE_END.finditer(sentence)]
+    named = LAST_LECTURE.findall(sentence[ends[-1] if ends else 0:])
+    return named[-1] if named else None
 
 
 def bare_references(path: Path) -> list[tuple[list[str], str]]:
@@ -120,13 +129,17 @@ def test_the_scan_finds_what_it_should():
     assert "MatMulNBits" in context(sample, sample.index("lecture"), sample.index(");"))
     assert any(path.name.startswith("lab10") for path in CITING)
     its = "lecture 13's fusion tools (its section 6) treat both alike"
-    assert [(LAST_LECTURE.findall(its[:m.start()])[-1], numbers(m.group(1))) for m in ITS.finditer(its)] == [("13", ["6"])]
+    assert [(its_lecture(its, m.start()), numbers(m.group(1))) for m in ITS.finditer(its)] == [("13", ["6"])]
+    other = "As lecture 12 showed. ONNX Runtime's docs (its section 3) say so; notebook 13's loop (its section 6)"
+    assert [its_lecture(other, m.start()) for m in ITS.finditer(other)] == [None, "13"]
     assert not [m for m in BARE.finditer(its) if not any(a <= m.start() < b for a, b in [x.span() for x in ITS.finditer(its)])]
 
 
 @pytest.mark.parametrize("path", CITING, ids=lambda p: p.stem)
 def test_references_to_another_lecture_land_on_the_right_section(path):
     for cited, sections, paragraph, _ in cross_references(path):
+        assert cited is not None, (f"{path.stem}: 'its section' with no lecture named before it in the sentence "
+                                   f"({paragraph.strip()[:120]!r}): name the lecture")
         listed = CITATIONS.get((path.stem, cited))
         assert listed, (f"{path.stem} cites lecture {cited} ({paragraph.strip()[:120]!r}): add its (word beside the "
                         f"citation, word of the cited heading) to CITATIONS")
@@ -223,7 +236,8 @@ def test_the_name_scans_catch_wrong_names(tmp_path):
 #: "lecture 07, "The ORT format"", "Lecture 07 ("The ORT format")", "lecture 07's "Cold start""
 NAMED_SECTION = re.compile(r"\blectures?\s+(\d{1,2})(?:'s)?,?\s*\(?\s*[\"“]([^\"”\n]{3,80})[\"”]", re.I)
 #: ""The ORT format" in lecture 07", "“Sampling” of lecture 13", ""Cold start" section in lecture 05"
-NAMED_SECTION_AFTER = re.compile(r"[\"“]([^\"”\n]{3,80})[\"”],?\s+(?:section\s+)?(?:in|of)\s+lectures?\s+(\d{1,2})\b", re.I)
+#: (a heading starts with a capital letter: "the option "8da4w" in lecture 14" names no section)
+NAMED_SECTION_AFTER = re.compile(r"[\"“]([A-Z][^\"”\n]{2,79})[\"”],?\s+(?:section\s+)?(?:in|of)\s+[Ll]ectures?\s+(\d{1,2})\b")
 ANY_HEADING = re.compile(r"^#{1,4}\s+(.+?)\s*$", re.M)
 
 
@@ -245,6 +259,7 @@ def test_the_heading_scan_finds_quoted_names():
     assert named_sections("lecture 13's “Sampling” section") == [("13", "Sampling")]
     assert named_sections('see "The ORT format" in lecture 07') == [("07", "The ORT format")]
     assert named_sections("“Sampling” section of lecture 13") == [("13", "Sampling")]
+    assert named_sections('the option "8da4w" in lecture 14, the word "cache" in lecture 13') == []
     assert "the ort format (.ort)" in heading_titles(lecture("07"))
     assert not any(t.startswith("the ort formats") for t in heading_titles(lecture("07")))  # a wrong name would fail
 

@@ -17,8 +17,8 @@ BINARY_MEGA = re.compile(r"/\s*\(?\s*(?:2\s*\*\*\s*20|1024\s*\*\*\s*2|\(?1\s*<<\
                          r"|>>\s*20\b")
 FUNCTION_SAYS_MB = re.compile(r"\bdef\s+\w*_mb\s*\(")
 #: a kilobyte figure divided by 1024 is KiB; the course's KB is 1000 bytes (dk.quantize.file_size_kb)
-KIB_DIVIDED = re.compile(r"/\s*1024\b(?!\s*[/*])")
-SAYS_KB = re.compile(r"\bKB\b|_kb\b")
+KIB_DIVIDED = re.compile(r"/\s*(?:1024|2\s*\*\*\s*10)\b(?!\s*[/*])|>>\s*10\b")
+SAYS_KB = re.compile(r"\b[kK]B\b|_kb\b")
 FUNCTION_SAYS_KB = re.compile(r"\bdef\s+\w*_kb\s*\(")
 KB_TO_MB = re.compile(r"(?:VmHWM|VmRSS|ru_maxrss)[^\n]*\)\s*/\s*1024\b")
 KB_READING = re.compile(r"VmHWM|VmRSS|ru_maxrss")
@@ -73,6 +73,7 @@ def test_the_scan_catches_kib_called_kb():
     assert kib_printed_as_kb('print(f"{path.stat().st_size / 1024:.1f} KB")')
     assert kib_printed_as_kb("size_kb = {k: p.stat().st_size / 1024 for k, p in files.items()}")
     assert kib_printed_as_kb("def files_kb(paths):\n    return sum(p.stat().st_size for p in paths) / 1024")
+    assert kib_printed_as_kb('print(f"{n / 2**10:.1f} kB")') and kib_printed_as_kb('size_kb = n >> 10')
     assert not kib_printed_as_kb('print(f"{path.stat().st_size / 1000:.1f} KB")')
     assert not kib_printed_as_kb('print(f"per token of context: {cache(1) / 1024:.0f} KiB")')
 
