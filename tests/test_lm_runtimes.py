@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -395,9 +396,9 @@ class FakeWorker:
     per_round = {"A": [1.0, 1.2, 1.1], "B": [2.0, 2.4, 2.2], "C": [1.15, 1.0, 1.3]}
     seen: dict = {}
 
-    def __init__(self):
+    def __init__(self, *, return_freed_memory=True):
         self.alive = True
-        FakeWorker.log.append("start")
+        FakeWorker.log.append("start" if not return_freed_memory else "start, collecting")
         assert sum(w.alive for w in FakeWorker.workers) == 0, "two measuring processes at once"
         FakeWorker.workers.append(self)
 
@@ -408,16 +409,21 @@ class FakeWorker:
         FakeWorker.seen[label] = FakeWorker.seen.get(label, 0) + 1
         return fake_result(FakeWorker.per_round[label][FakeWorker.seen[label] - 1], rss=100 + FakeWorker.seen[label])
 
-    def close(self, kill=False):
+    def close(self, kill=False, *, skip_teardown=False):
         self.alive = False
-        FakeWorker.log.append("end")
+        FakeWorker.log.append("end" if skip_teardown and not kill else "end, waited for")
 
 
 def test_measure_rounds_alternates_the_order_and_keeps_every_round(monkeypatch):
     FakeWorker.log, FakeWorker.seen, FakeWorker.workers = [], {}, []
     monkeypatch.setattr(lr, "_Worker", FakeWorker)
+    collections = []
+    monkeypatch.setattr(lr, "_return_freed_memory", lambda: collections.append(len(FakeWorker.log)))
     specs = {label: {"kind": "torch", "label": label} for label in FakeWorker.per_round}
     measured = lr.measure_rounds(specs, [1, 2], rounds=3, decode_steps=4)
+    # The caller's memory is collected once, before the first process (a large kernel's collection takes
+    # a quarter of a second); each process is ended once its answer is in, without waiting for its teardown.
+    assert collections == [0]
     assert [entry for entry in FakeWorker.log if entry in specs] == ["A", "B", "C", "C", "B", "A", "A", "B", "C"]
     # The last of a round is the first of the next: measured twice in a row, in the same process.
     assert FakeWorker.log.count("start") == 7 and FakeWorker.log.count("end") == 7 and not any(w.alive for w in FakeWorker.workers)
@@ -449,7 +455,7 @@ def test_a_failing_measurement_ends_its_process_and_says_why(monkeypatch):
     monkeypatch.setattr(lr, "_Worker", Failing)
     with pytest.raises(RuntimeError, match="exit 1"):
         lr.measure_rounds({"A": {"kind": "torch"}}, [1, 2], rounds=2)
-    assert FakeWorker.log == ["start", "end"]
+    assert FakeWorker.log == ["start", "end"]  # measure_rounds' own close: the real worker has killed itself already
 
 
 def test_overlap_verdict_names_a_winner_only_where_the_rounds_do_not_overlap():
@@ -634,7 +640,11 @@ def test_a_worker_process_serves_several_measurements_and_rounds_reuse_it_only_b
     finally:
         worker.close()
     assert first["pid"] == second["pid"] != os.getpid() and first["by_threads"]["1"]["step_ms"]["n"] == 2
-    assert worker.process.returncode == 0
+    assert worker.process.returncode == 0  # input closed: it left its loop and exited normally
+    hurried = lr._Worker(return_freed_memory=False)
+    answer = hurried.measure(spec, [3, 1, 2], threads=(1,), decode_steps=2, warmup=0, repeats=1)
+    hurried.close(skip_teardown=True)
+    assert hurried.process.returncode == -signal.SIGTERM and answer["by_threads"]["1"]["step_ms"]["n"] == 2
     measured = lr.measure_rounds({"A": spec, "B": dict(spec)}, [3, 1, 2], rounds=3, threads=(1,), decode_steps=2,
                                  warmup=0, repeats=1)
     pids = {label: [r["pid"] for r in m.rounds] for label, m in measured.items()}  # A B | B A | A B
