@@ -30,6 +30,7 @@ measuring subprocess inherits it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -498,11 +499,9 @@ def peak_rss_mb() -> float:
     Not ``getrusage``'s ``ru_maxrss``: Linux keeps that across ``execve``, so a subprocess started
     from a big notebook kernel would report the kernel's peak as its own.
     """
-    status = Path("/proc/self/status")
-    if status.exists():
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
-        if match:
-            return int(match.group(1)) * 1024 / 1e6  # kB (KiB) -> MB (10^6 bytes), the course's unit
+    peak = _status_mb("VmHWM")
+    if not math.isnan(peak):
+        return peak
     scale = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: kilobytes on Linux, bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 
@@ -543,9 +542,14 @@ def mapped_files(spec: dict) -> dict[str, float]:
 def anonymous_mb() -> float:
     """This process's anonymous resident memory (``RssAnon``: heap and private copies, not mapped files), MB;
     NaN where ``/proc/self/status`` has no such line."""
+    return _status_mb("RssAnon")
+
+
+def _status_mb(field: str) -> float:
+    """One memory line of ``/proc/self/status`` (``VmHWM``, ``RssAnon``...), in MB; NaN where there is none."""
     status = Path("/proc/self/status")
-    match = re.search(r"^RssAnon:\s+(\d+) kB", status.read_text(), re.M) if status.exists() else None
-    return int(match.group(1)) * 1024 / 1e6 if match else float("nan")
+    match = re.search(rf"^{field}:\s+(\d+) kB", status.read_text(), re.M) if status.exists() else None
+    return int(match.group(1)) * 1024 / 1e6 if match else float("nan")  # kB (KiB) -> MB (10^6 bytes), the course's unit
 
 
 def _stats(samples: list[float]) -> dict:
