@@ -1,0 +1,46 @@
+"""tools/notebook_vs_fresh.py (issue 37): lecture 06 in a kernel against a fresh process. Its pure parts:
+the cell it executes up to, the lines it reads, the verdict it gives (the run itself takes minutes)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("notebook_vs_fresh", ROOT / "tools" / "notebook_vs_fresh.py")
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+
+
+def test_the_committed_lecture_has_the_cell_and_its_output_parses():
+    cells = json.loads(tool.NOTEBOOK.read_text())["cells"]
+    index = tool.comparison_cell(cells)
+    text = "".join("".join(o.get("text", "")) for o in cells[index]["outputs"])
+    medians = tool.parse_medians(text)
+    assert set(medians) == {("PyTorch", 1), ("ONNX Runtime", 1), ("PyTorch", 2), ("ONNX Runtime", 2)}
+    assert all(ms > 0 for ms in medians.values())
+    with pytest.raises(ValueError, match="has the lecture changed"):
+        tool.comparison_cell([c for c in cells if tool.MARKER not in "".join(c["source"])])
+
+
+def test_parse_reads_only_the_batch_asked_for_and_says_what_it_expected():
+    text = ("PyTorch: median 71.100 ms (round medians 66.699-79.976), max 83.808 ms (batch 1, 1 thread(s), 3 rounds)\n"
+            "ONNX Runtime: median 21.731 ms (round medians 20.775-24.180), max 27.575 ms (batch 1, 2 thread(s), 3 rounds)\n"
+            "PyTorch: median 99.000 ms (round medians 98-99), max 99.5 ms (batch 2, 1 thread(s), 3 rounds)\n")
+    assert tool.parse_medians(text) == {("PyTorch", 1): 71.1, ("ONNX Runtime", 2): 21.731}
+    with pytest.raises(ValueError, match="expected lines like"):
+        tool.parse_medians("ORT speed-up 2.00x")
+
+
+def test_the_verdict_uses_the_median_ratio_of_alternated_pairs():
+    key = ("PyTorch", 2)
+    agree = [({key: 50.0}, {key: 48.0}), ({key: 60.0}, {key: 58.0}), ({key: 45.0}, {key: 47.0})]
+    (_, inside, fresh, ratio, within), = tool.verdicts(agree, 0.10)
+    assert (inside, fresh, within) == (50.0, 48.0, True) and ratio == pytest.approx(60 / 58)  # the median of 50/48, 60/58, 45/47
+    # issue 37's AMD figures: PyTorch 32.1 ms at 2 threads in the notebook, 22.5 ms in a fresh process
+    apart = [({key: 32.1}, {key: 22.5})] * 3
+    assert tool.verdicts(apart, 0.10)[0][-1] is False
+    one_bad_pair = agree[:2] + [({key: 90.0}, {key: 45.0})]  # one pair on a busy moment does not decide
+    assert tool.verdicts(one_bad_pair, 0.10)[0][-1] is True
+    with pytest.raises(ValueError, match="in common"):
+        tool.verdicts([({key: 1.0}, {("ONNX Runtime", 1): 1.0})], 0.10)
