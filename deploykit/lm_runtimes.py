@@ -29,6 +29,7 @@ measuring subprocess inherits it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -671,6 +672,7 @@ class _Worker:
             for line in self.process.stdout:
                 self.lines.put(line)
             self.lines.put(None)  # the process closed its output: it has ended
+            self.process.stdout.close()  # this thread's pipe: closed by it, never under its feet
 
         threading.Thread(target=read, daemon=True).start()
 
@@ -694,17 +696,19 @@ class _Worker:
             if line is not None and line.startswith("{"):
                 return json.loads(line)
             if line is None:
-                self.close(kill=True)
+                self.close(kill=True, keep_errors=True)
                 self.errors.seek(0)
                 tail = "\n".join(self.errors.read().strip().splitlines()[-6:])
+                self.errors.close()
                 raise RuntimeError(f"measuring {spec.get('kind')} in a subprocess failed "
                                    f"({why or f'exit {self.process.returncode}'}):\n{tail}")
 
-    def close(self, kill: bool = False, *, skip_teardown: bool = False) -> None:
+    def close(self, kill: bool = False, *, skip_teardown: bool = False, keep_errors: bool = False) -> None:
         """End the process: its input closed, so it leaves its loop and exits normally; with
         ``skip_teardown``, a SIGTERM once its answers are in (Python then exits without finalising its
         modules, 1.5 s for one that imported PyTorch and ``transformers``, 0.7 s with ExecuTorch's
-        runtime); ``kill`` for one that failed or hangs."""
+        runtime); ``kill`` for one that failed or hangs. Its pipes and its stderr file are closed after it
+        has exited (``keep_errors``: the file stays open, to be read for the reason of a failure)."""
         if self.process.poll() is None:
             if kill:
                 self.process.kill()
@@ -717,6 +721,9 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for stream in (self.process.stdin, *(() if keep_errors else (self.errors,))):  # the reader thread closes stdout
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -799,7 +806,7 @@ def measure_rounds(specs: dict, prompt_ids, *, rounds: int = 3, timeout: float =
     answer is in, without waiting for its interpreter's teardown (:meth:`_Worker.close`), and this
     process's freed memory is returned to the system once, before the first. ``kwargs`` go to :func:`measure`.
     Returns label -> :class:`RuntimeRounds`, with the wall time of each measurement (a fresh
-    process's start included) and whether its process was reused."""
+    process's start included, and the end of the process before it) and whether its process was reused."""
     from .bench import benchmark_rounds
 
     if not isinstance(specs, dict) or not specs:

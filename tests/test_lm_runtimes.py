@@ -645,12 +645,16 @@ def test_a_worker_process_serves_several_measurements_and_rounds_reuse_it_only_b
     answer = hurried.measure(spec, [3, 1, 2], threads=(1,), decode_steps=2, warmup=0, repeats=1)
     hurried.close(skip_teardown=True)
     assert hurried.process.returncode == -signal.SIGTERM and answer["by_threads"]["1"]["step_ms"]["n"] == 2
+    assert hurried.process.stdin.closed and hurried.errors.closed  # nothing left open until a collection
     measured = lr.measure_rounds({"A": spec, "B": dict(spec)}, [3, 1, 2], rounds=3, threads=(1,), decode_steps=2,
                                  warmup=0, repeats=1)
     pids = {label: [r["pid"] for r in m.rounds] for label, m in measured.items()}  # A B | B A | A B
     assert pids["A"][1] == pids["A"][2] != pids["A"][0] and pids["B"][0] == pids["B"][1] != pids["B"][2]
     assert len({pids["A"][0], pids["A"][1], pids["B"][0], pids["B"][2]}) == 4
     assert measured["A"].reused == (False, False, True) and measured["B"].reused == (False, True, False)
+    import psutil  # every measuring process has ended and been reaped: none alive, no zombie
+
+    assert not [c for c in psutil.Process().children(recursive=True) if "deploykit.lm_runtimes" in " ".join(c.cmdline())]
 
 
 def test_a_worker_that_takes_too_long_is_ended_with_the_reason():
