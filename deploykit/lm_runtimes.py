@@ -694,21 +694,25 @@ class _Worker:
             else:
                 why = None
             if line is not None and line.startswith("{"):
-                return json.loads(line)
+                try:
+                    return json.loads(line)
+                except ValueError:  # it died halfway through its answer
+                    line, why = None, "its answer was cut short"
             if line is None:
-                self.close(kill=True, keep_errors=True)
+                if self.process.poll() is None:
+                    self.process.kill()
+                self.process.wait()  # ended, so its stderr is complete
                 self.errors.seek(0)
                 tail = "\n".join(self.errors.read().strip().splitlines()[-6:])
-                self.errors.close()
+                self.close()
                 raise RuntimeError(f"measuring {spec.get('kind')} in a subprocess failed "
                                    f"({why or f'exit {self.process.returncode}'}):\n{tail}")
 
-    def close(self, kill: bool = False, *, skip_teardown: bool = False, keep_errors: bool = False) -> None:
+    def close(self, kill: bool = False, *, skip_teardown: bool = False) -> None:
         """End the process: its input closed, so it leaves its loop and exits normally; with
         ``skip_teardown``, a SIGTERM once its answers are in (Python then exits without finalising its
         modules, 1.5 s for one that imported PyTorch and ``transformers``, 0.7 s with ExecuTorch's
-        runtime); ``kill`` for one that failed or hangs. Its pipes and its stderr file are closed after it
-        has exited (``keep_errors``: the file stays open, to be read for the reason of a failure)."""
+        runtime); ``kill`` for one that hangs. Its pipes and its stderr file are closed after it has exited."""
         if self.process.poll() is None:
             if kill:
                 self.process.kill()
@@ -721,7 +725,7 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdin, *(() if keep_errors else (self.errors,))):  # the reader thread closes stdout
+        for stream in (self.process.stdin, self.errors):  # the reader thread closes stdout
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
 

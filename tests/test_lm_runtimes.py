@@ -664,6 +664,17 @@ def test_a_worker_that_takes_too_long_is_ended_with_the_reason():
     assert worker.process.poll() is not None
 
 
+def test_a_worker_that_dies_halfway_through_its_answer_is_reported_with_its_errors(tmp_path, monkeypatch):
+    fake = tmp_path / "python"  # stands in for the interpreter: half an answer, a complaint, exit 3
+    fake.write_text("#!/bin/sh\nread request\nprintf '{\"pid\": 1, \"by_thr'\necho 'out of memory' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    worker = lr._Worker(return_freed_memory=False)
+    with pytest.raises(RuntimeError, match=r"(?s)failed \(its answer was cut short\):\nout of memory"):
+        worker.measure({"kind": "torch"}, [1, 2], threads=(1,))
+    assert worker.process.returncode == 3 and worker.errors.closed and worker.process.stdin.closed
+
+
 def test_the_executorch_runtime_loads_without_its_exporter():
     code = ("import sys; from deploykit import lm_runtimes as lr; lr.executorch_runtime(); "
             "print('executorch.exir' in sys.modules, 'torchao' in sys.modules); "
@@ -677,6 +688,7 @@ def test_peak_memory_is_in_decimal_mb():
     from deploykit import lm_runtimes as lr
 
     peak = lr.peak_rss_mb()
-    kib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+    with open("/proc/self/status") as status:
+        kib = int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
     assert peak == pytest.approx(kib * 1024 / 1e6, rel=0.05)  # 10^6 bytes: kB / 1024 (MiB) would be 4.6 % less
     assert peak > kib / 1024 * 1.03

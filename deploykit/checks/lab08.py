@@ -40,6 +40,8 @@ UNKNOWN_SLOWER_LIMIT, UNKNOWN_FASTER_LIMIT = 12.0, 5.0
 #: The camera feature's tail budget: p90 of one frame within a quarter of a 30 fps frame.
 FRAME_BUDGET_MS = 1000 / 30 / 4 * time_scale()
 MIN_ROUNDS, MIN_ROUND_REPEATS = 3, 10
+#: How many times the check measures its own reference while that measurement looks contended.
+REFERENCE_ATTEMPTS = 3
 MODEL_FILE = "lab08/mobilenet_v3_small.onnx"
 FP16_FILE = "checks/lab08_mobilenet_v3_small.fp16.onnx"
 _THREAD_WORDS = re.compile(r"[\s,;:_/()-]*\b(\d+)\s*(?:t|th|thr|threads?)\b[\s,;:_/()-]*", re.I)
@@ -201,12 +203,18 @@ def fair_runner(recipe: tuple[str, str, str], threads: int):
 
 def _fair_reference_ms(recipe: tuple[str, str, str], threads: int) -> tuple[float, float]:
     """(lowest, highest) round median, in ms, of ``recipe`` at ``threads`` timed fairly by the check:
-    built once, 3 alternated rounds of 3 warm-up and 10 timed calls."""
+    built once, 3 alternated rounds of 3 warm-up and 10 timed calls; measured again, up to
+    ``REFERENCE_ATTEMPTS`` times in all, while the rounds look contended (a burst of load on the machine
+    passes; a verdict built on it would not be the same twice)."""
     from ..bench import benchmark_rounds
 
     run = fair_runner(recipe, threads)
-    rounds = benchmark_rounds({"fair": run}, rounds=3, warmup=3, repeats=10, threads=threads, batch=1)["fair"]
-    _REFERENCE_BUSY[(recipe, threads)] = contention(rounds)
+    for _ in range(REFERENCE_ATTEMPTS):
+        rounds = benchmark_rounds({"fair": run}, rounds=3, warmup=3, repeats=10, threads=threads, batch=1)["fair"]
+        busy = contention(rounds)
+        if not busy:
+            break
+    _REFERENCE_BUSY[(recipe, threads)] = busy
     return rounds.spread_ms
 
 
@@ -248,6 +256,10 @@ def check_fastest(results: dict, fastest, rounds: dict) -> None:
                 f"rounds[{name!r}] has {len(result.rounds)} round(s) of {min(len(r) for r in result.rounds)} run(s): "
                 f"use at least {MIN_ROUNDS} rounds of {MIN_ROUND_REPEATS} runs, so the spread means something")
         ratio = result.median_ms / results[name].median_ms
+        busy = contention(result) or contention(results[name])
+        require(not busy or 1 / FASTER_LIMIT < ratio < SLOWER_LIMIT, f"{BUSY}: rounds[{name!r}] has a median {ratio:.1f}x "
+                f"the one in results, but the machine looks busy ({busy}); close what else runs, then run Exercises 1 "
+                "and 2 and this check again")
         require(1 / FASTER_LIMIT < ratio < SLOWER_LIMIT,
                 f"rounds[{name!r}] has a median {ratio:.1f}x the one in results: time the same function, built once")
     if len(contenders) == 1:
@@ -271,6 +283,10 @@ def check_fastest(results: dict, fastest, rounds: dict) -> None:
         samples = rounds[name].samples
         if len(samples) >= P90_MIN_SAMPLES:
             _, tail = rounds[name].tail
+            busy = contention(rounds[name])
+            require(tail <= FRAME_BUDGET_MS or not busy, f"{BUSY}: {name!r} misses the {FRAME_BUDGET_MS:.1f} ms budget at "
+                    f"the tail of your rounds (p90 {tail:.2f} ms), but the machine looks busy ({busy}); run Exercise 2 "
+                    "and this check again on a quiet machine")
             require(tail <= FRAME_BUDGET_MS, f"{name!r} misses the {FRAME_BUDGET_MS:.1f} ms budget at the tail of your "
                     f"rounds (p90 {tail:.2f} ms): it cannot be the winner (if the machine was busy, measure again)")
 
