@@ -133,6 +133,59 @@ def test_the_check_measures_its_reference_again_while_it_looks_busy(monkeypatch)
         assert found is None if busy is None else busy in found
 
 
+def test_the_quietest_attempt_is_the_reference_and_three_is_the_most(monkeypatch):
+    import deploykit.bench
+
+    monkeypatch.setattr(lab08, "_fair_reference_ms", MEASURING_REFERENCE)
+    monkeypatch.setattr(lab08, "fair_runner", lambda recipe, threads: lambda: None)
+    measured = [[2.4, 9.0, 2.5], [2.4, 6.0, 2.5], [2.4, 12.0, 2.5], [2.4, 2.5, 2.5]]  # the 4th would be clean
+    calls = []
+
+    def rounds(runs, **kwargs):
+        calls.append(kwargs)
+        return {"fair": rounds_of("fair", measured[len(calls) - 1], runs=10)}
+
+    monkeypatch.setattr(deploykit.bench, "benchmark_rounds", rounds)
+    assert MEASURING_REFERENCE(("ort", "fp32", "all"), 1) == (2.4, 6.0) and len(calls) == 3 == lab08.REFERENCE_ATTEMPTS
+    assert "differ by 2.5x" in lab08._REFERENCE_BUSY[(("ort", "fp32", "all"), 1)]
+
+
+def test_a_reference_busy_every_time_does_not_let_a_slow_answer_pass(monkeypatch, capsys):
+    # Every attempt of the check's own measurement caught a burst (slowest round 12 ms): a median 16x the model's
+    # fair 2.4 ms (a session built inside the timed function) must not pass inside the burst's inflated spread.
+    busy = {**FAIR_HERE, (("ort", "fp32", "all"), 1): (2.4, 12.0)}
+
+    def reference(recipe, threads):
+        lab08._REFERENCE_BUSY[(recipe, threads)] = "round medians 2.4-12.0 ms differ by 5.0x" if threads == 1 else None
+        return busy[(recipe, threads)]
+
+    monkeypatch.setattr(lab08, "_fair_reference_ms", reference)
+    assert not lab08.check_results({**good_results(), "ORT fp32 all, 1t": bench(40.0)})
+    assert "machine busy: re-run" in outcome(capsys)
+    assert lab08.check_results(good_results())   # a fair answer still passes while the reference was busy
+    assert outcome(capsys).startswith("[PASS]")
+
+
+def test_rounds_of_another_function_on_a_quiet_machine_are_blamed_on_the_function(capsys):
+    results, rounds = fastest_inputs()
+    name = "ORT fp32 all, 2t"
+    assert not lab08.check_fastest(results, name, {**rounds, name: rounds_of(name, [9.5] * 3)})  # quiet, 5x off
+    text = outcome(capsys)
+    assert "time the same function" in text and "machine busy" not in text
+
+
+def test_rounds_far_from_a_contended_first_table_name_the_machine(capsys):
+    results, rounds = fastest_inputs()
+    name = "ORT fp32 all, 2t"
+    tail = lab08.FRAME_BUDGET_MS * 0.95   # within the budget, but over 3x the median: the runs were interrupted
+    assert tail > 3.5 * 1.9
+    results = {**results, name: bench(1.9, threads=2, p90=tail)}
+    lab08._FAIR_RESULTS.add(lab08._fingerprint(results))
+    assert not lab08.check_fastest(results, name, {**rounds, name: rounds_of(name, [9.5] * 3)})
+    text = outcome(capsys)
+    assert "machine busy: re-run" in text and "time the same function" not in text
+
+
 def test_a_busy_round_is_named_not_blamed_on_the_choice(capsys):
     # Exercise 2's rounds interrupted (a tail many times the median): the hint says busy, not "wrong choice".
     results, rounds = fastest_inputs()

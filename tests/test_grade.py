@@ -182,13 +182,89 @@ def test_a_submission_a_timed_check_found_busy_is_run_once_more(tmp_path, monkey
     grader = load_grader()
     execute, runs = busy_then(second)
     monkeypatch.setattr(grader, "execute", execute)
-    monkeypatch.setattr(grader, "BUSY_PAUSE_S", 0)
+    pauses = []
+    monkeypatch.setattr(grader.time, "sleep", pauses.append)
     path = tmp_path / f"{LAB08}.ipynb"
     shutil.copyfile(ROOT / "labs" / f"{LAB08}.ipynb", path)
     (tmp_path / "out" / "executed").mkdir(parents=True)
     row = grader.grade_file("ada", path, "lab08", {}, tmp_path, tmp_path / "out", 10, 10)
     assert len(runs) == row.runs == 2 and runs[0] != runs[1]   # a fresh scratch folder for the second run
     assert row.status == status and row.results["check_results(results)"] == verdict
+    assert pauses == [grader.BUSY_PAUSE_S] and grader.BUSY_PAUSE_S >= 5   # a pause before the re-run, none after it
+
+
+def fake_execute(runs: list, outputs):
+    """A stand-in for grade.execute that gives each code cell the outputs ``outputs(cell)`` returns (None: unchanged)."""
+    def execute(path, scratch, cell_timeout, timeout):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code" and outputs(cell) is not None:
+                cell.outputs = outputs(cell)
+        runs.append(scratch)
+        nbformat.write(nb, scratch / "executed.ipynb")
+        return "ok", scratch / "executed.ipynb"
+    return execute
+
+
+def grade_lab08(grader, tmp_path, monkeypatch, outputs, edit=None) -> tuple:
+    runs = []
+    monkeypatch.setattr(grader, "execute", fake_execute(runs, outputs))
+    monkeypatch.setattr(grader.time, "sleep", lambda seconds: None)
+    nb = nbformat.read(ROOT / "labs" / f"{LAB08}.ipynb", as_version=4)
+    if edit:
+        edit(nb)
+    path = tmp_path / f"{LAB08}.ipynb"
+    nbformat.write(nb, path)
+    (tmp_path / "out" / "executed").mkdir(parents=True, exist_ok=True)
+    return grader.grade_file("ada", path, "lab08", {}, tmp_path, tmp_path / "out", 10, 10), runs
+
+
+def stream(text: str) -> list:
+    return [nbformat.v4.new_output("stream", name="stdout", text=text + "\n")]
+
+
+def test_only_a_timed_checks_result_line_that_says_busy_runs_again(tmp_path, monkeypatch):
+    from deploykit.bench import BUSY
+
+    grader = load_grader()
+    # A learner's own cell printing the words, and a timed check cell whose busy words are not its result line.
+    def outputs(cell):
+        if "lab08.check_results(" in cell.source:
+            return stream(f"[PASS] configurations measured fairly\nnote: {BUSY} (an earlier attempt)")
+        return stream(f"[HINT] mine: {BUSY}") if "# YOUR CODE HERE" in cell.source else None
+    row, runs = grade_lab08(grader, tmp_path, monkeypatch, outputs)
+    assert len(runs) == row.runs == 1 and row.status == "ok"
+
+
+def test_an_edited_check_cell_that_says_busy_is_tampered_not_run_again(tmp_path, monkeypatch):
+    from deploykit.bench import BUSY
+
+    grader = load_grader()
+    line = f'print("[HINT] configurations measured fairly: {BUSY}: results are far")'
+
+    def edit(nb):
+        cell = next(c for c in nb.cells if c.cell_type == "code" and "lab08.check_results(" in c.source)
+        cell.source = line + "  # lab08.check_results(results)"
+
+    def outputs(cell):
+        return stream(f"[HINT] configurations measured fairly: {BUSY}: results are far") if line in cell.source else None
+    row, runs = grade_lab08(grader, tmp_path, monkeypatch, outputs, edit)
+    assert len(runs) == row.runs == 1 and row.status.startswith("tampered")
+    assert row.results["check_results(results)"] == "tampered"
+
+
+def test_a_crash_is_reported_before_a_busy_machine(tmp_path, monkeypatch):
+    from deploykit.bench import BUSY
+
+    grader = load_grader()
+    crash = nbformat.v4.new_output("error", ename="NameError", evalue="name 'results' is not defined", traceback=[])
+
+    def outputs(cell):
+        if "lab08.check_results(" in cell.source:
+            return stream(f"[HINT] configurations measured fairly: {BUSY}: results are far")
+        return [crash] if "# YOUR CODE HERE" in cell.source else None
+    row, runs = grade_lab08(grader, tmp_path, monkeypatch, outputs)
+    assert row.runs == 2 and row.status == "crashed" and "NameError" in row.first_error
 
 
 def test_a_submission_no_timed_check_found_busy_runs_once(tmp_path, monkeypatch):

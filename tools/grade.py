@@ -21,7 +21,9 @@ for a closer look). A file that is not a notebook, a lab from another week (when
 given; with ``--lab`` such files are skipped and counted), a notebook that never finishes or crashes,
 each gets its own row; the grader itself never stops on one submission. The tables count learners
 and mark with ``[timed]`` the checks that time something on the grading machine (their verdict can
-depend on its load: re-run those submissions on a quiet machine before trusting a HINT there).
+depend on its load). A submission whose timed check said the machine looked busy is run once more
+after a pause (column ``runs``; ``seconds`` counts both runs and the pause); if it still was, its
+status says ``machine busy``: re-grade it on a quiet machine before trusting a HINT there.
 """
 from __future__ import annotations
 
@@ -247,16 +249,18 @@ def grade_file(learner: str, path: Path, lab_filter: str | None, expected: dict,
     submitted = {cell.get("id", ""): cell.source for cell in nb.cells if cell.cell_type == "code"}
     tampered = {cell_id for cell_id, source in check_sources.items() if submitted.get(cell_id, "").strip() != source.strip()}
 
+    # Only the check cells as handed out can say "machine busy": an edited one is tampered, not a reason to re-run.
+    timed_cells = {check.cell_id for check in checks if check.timed} - tampered
     start = time.perf_counter()
     for attempt in range(1 + BUSY_RERUNS):
+        if attempt:
+            time.sleep(BUSY_PAUSE_S)  # a burst of load passes: the same work gets the same grade on the next run
         scratch = Path(tempfile.mkdtemp(prefix=f"{learner}-", dir=scratch_root))
         row.status, executed = execute(path, scratch, cell_timeout, timeout)
-        timed_cells = {check.cell_id for check in checks if check.timed}
         busy = executed.exists() and any(said_busy(cell) for cell in nbformat.read(executed, as_version=4).cells
                                          if cell.get("id", "") in timed_cells)
         if not busy:
             break
-        time.sleep(BUSY_PAUSE_S)  # a burst of load passes: the same work gets the same grade on the next run
     row.runs = attempt + 1
     row.seconds = time.perf_counter() - start
     if executed.exists():
@@ -280,14 +284,15 @@ def grade_file(learner: str, path: Path, lab_filter: str | None, expected: dict,
     else:
         for check in checks:
             row.results[check.label] = "not run"
-    if busy and row.status == "ok":
-        row.status = f"machine busy in {row.runs} runs: re-grade on a quiet machine"
+    # One status, the most serious first: edited checks, then a crash, then a machine that stayed busy.
     if tampered and row.status == "ok":
         row.status = f"tampered: {len(tampered)} check cell(s) edited or removed"
-    graded = [check for check in checks if check.graded]
-    row.score = sum(row.results.get(check.label) == "PASS" for check in graded) / len(graded)
     if row.status == "ok" and row.first_error:
         row.status = "crashed"
+    if busy and row.status == "ok":
+        row.status = f"machine busy in {row.runs} runs: re-grade on a quiet machine"
+    graded = [check for check in checks if check.graded]
+    row.score = sum(row.results.get(check.label) == "PASS" for check in graded) / len(graded)
     return row
 
 
@@ -357,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         for learner, path in submissions:
             row = grade_file(learner, path, lab_filter, expected, Path(scratch_root), args.out,
                              args.cell_timeout, args.timeout)
-            print(f"{row.learner:<16} {row.lab:<6} score {row.score:.2f}  {row.status}  ({row.seconds:.1f} s)", flush=True)
+            ran = f"{row.seconds:.1f} s" + (f", {row.runs} runs" if row.runs > 1 else "")
+            print(f"{row.learner:<16} {row.lab:<6} score {row.score:.2f}  {row.status}  ({ran})", flush=True)
             rows.append(row)
     for path in write_tables(rows, expected, args.out):
         print("wrote", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)

@@ -119,7 +119,10 @@ def check_results(results: dict) -> None:
         if key not in references:
             references[key] = _fair_reference_ms(key[0], result.threads)
         low, high = references[key]
-        busy = _REFERENCE_BUSY.get(key) or contention(result)
+        reference_busy = _REFERENCE_BUSY.get(key)
+        if reference_busy:  # a burst inflated the reference's slowest round: its fastest one is the fair figure
+            high = low
+        busy = reference_busy or contention(result)
         if busy and not (low / FASTER_LIMIT <= result.median_ms <= high * SLOWER_LIMIT):
             raise CheckFailed(f"{BUSY}: results[{name!r}] is far from the check's own measurement, but the machine "
                               f"looks busy ({busy}); close what else runs, then run Exercise 1 and this check again")
@@ -205,17 +208,20 @@ def _fair_reference_ms(recipe: tuple[str, str, str], threads: int) -> tuple[floa
     """(lowest, highest) round median, in ms, of ``recipe`` at ``threads`` timed fairly by the check:
     built once, 3 alternated rounds of 3 warm-up and 10 timed calls; measured again, up to
     ``REFERENCE_ATTEMPTS`` times in all, while the rounds look contended (a burst of load on the machine
-    passes; a verdict built on it would not be the same twice)."""
+    passes; a verdict built on it would not be the same twice). The quietest attempt (lowest highest round
+    median) is the reference; if every attempt looked contended, :data:`_REFERENCE_BUSY` says why."""
     from ..bench import benchmark_rounds
 
     run = fair_runner(recipe, threads)
+    attempts = []
     for _ in range(REFERENCE_ATTEMPTS):
         rounds = benchmark_rounds({"fair": run}, rounds=3, warmup=3, repeats=10, threads=threads, batch=1)["fair"]
-        busy = contention(rounds)
-        if not busy:
+        attempts.append(rounds)
+        if not contention(rounds):
             break
-    _REFERENCE_BUSY[(recipe, threads)] = busy
-    return rounds.spread_ms
+    quietest = min(attempts, key=lambda attempt: attempt.spread_ms[1])
+    _REFERENCE_BUSY[(recipe, threads)] = contention(quietest)
+    return quietest.spread_ms
 
 
 @check("the fastest configuration: within the p90 budget, confirmed in rounds", timed=True)
