@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Lecture 06's ResNet-18 figures inside a Jupyter kernel against a fresh process, alternated (issue 37).
+"""A lecture's ResNet-18 figures inside a Jupyter kernel against a fresh process, alternated (issue 37).
 
 A benchmark in a notebook shares its process with everything the earlier cells left behind (thread
 pools, sessions, the kernel's own threads); a script in a fresh process does not. This runs, in turn,
 ``pairs`` times over:
 
-1. lecture 06 from its first cell to the one that prints the ResNet-18 comparison at 1 and all
-   threads (found by its code, ``compare("resnet18", 1, t)``), in a fresh kernel;
-2. ``tools/bench_ort_vs_torch.py --json`` (the same plan and protocol) in a fresh process,
+1. the lecture from its first cell to the one that prints its ResNet-18 figures at 1 and all
+   threads (found by its code), in a fresh kernel: lecture 06's PyTorch / ORT comparison
+   (``--lecture 06``, the default) or lecture 10's ORT / OpenVINO table (``--lecture 10``, its ORT
+   rows);
+2. ``tools/bench_ort_vs_torch.py --json`` (lecture 06's plan and protocol) in a fresh process,
 
 and prints both medians of each runtime and thread count, and the ratio notebook / fresh process of
 each pair. The verdict compares the median ratio over the pairs with ``--tolerance`` (10 %): pairs
@@ -16,6 +18,7 @@ off by more than the tolerance.
 
     .venv/bin/python tools/quiet_machine.py -- .venv/bin/python tools/notebook_vs_fresh.py
     .venv/bin/python tools/notebook_vs_fresh.py --pairs 5 --tolerance 0.1
+    .venv/bin/python tools/notebook_vs_fresh.py --lecture 10
 """
 from __future__ import annotations
 
@@ -25,42 +28,65 @@ import re
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "06_ort_vs_pytorch_speed.ipynb"
-MARKER = 'compare("resnet18", 1, t)'
-#: "PyTorch: median 71.100 ms (round medians ...), max ... (batch 1, 2 thread(s), ..." as RoundsResult prints itself
-LINE = re.compile(r"^(PyTorch|ONNX Runtime): median ([\d.]+) ms .*\(batch (\d+), (\d+) thread\(s\)", re.M)
+#: lecture 06, as RoundsResult prints itself: "PyTorch: median 71.100 ms (round medians ...), max ... (batch 1, 2 thread(s), ..."
+LINE_06 = re.compile(r"^(?P<runtime>PyTorch|ONNX Runtime): median (?P<ms>[\d.]+) ms .*"
+                     r"\(batch (?P<batch>\d+), (?P<threads>\d+) thread\(s\)", re.M)
+#: lecture 10's table (batch 1 only): "ResNet-18   2 thread(s): ONNX Runtime   16.651 (  17.141)   OpenVINO ..."
+LINE_10 = re.compile(r"^ResNet-18 +(?P<threads>\d+) thread\(s\): (?P<runtime>ONNX Runtime) +(?P<ms>[\d.]+) \(", re.M)
 
 
-def comparison_cell(cells: list) -> int:
-    """Index of the code cell that prints the ResNet-18 batch-1 comparison at every thread count."""
+@dataclass(frozen=True)
+class Lecture:
+    notebook: Path
+    marker: str  # code only the cell with the figures contains
+    line: re.Pattern  # one figure: groups runtime, ms, threads (and batch, if the lecture prints several)
+    example: str  # a line of the form `line` reads, for the error message
+
+    def parse(self, text: str, batch: int = 1) -> dict:
+        """``{(runtime, threads): median ms}`` read from the figures cell's printed output, batch ``batch``."""
+        found = {(m["runtime"], int(m["threads"])): float(m["ms"]) for m in self.line.finditer(text)
+                 if int(m.groupdict().get("batch") or 1) == batch}
+        if not found:
+            raise ValueError(f"expected lines like {self.example!r}, found none")
+        return found
+
+
+LECTURES = {
+    "06": Lecture(ROOT / "notebooks" / "06_ort_vs_pytorch_speed.ipynb", 'compare("resnet18", 1, t)', LINE_06,
+                  "PyTorch: median 71.100 ms (...) (batch 1, 2 thread(s), ...)"),
+    "10": Lecture(ROOT / "notebooks" / "10_execution_providers_profiling.ipynb", 'PLAN = {"digits CNN"', LINE_10,
+                  "ResNet-18   2 thread(s): ONNX Runtime   16.651 (  17.141) ..."),
+}
+
+
+def comparison_cell(cells: list, lecture: Lecture = LECTURES["06"]) -> int:
+    """Index of the code cell that prints the lecture's ResNet-18 batch-1 figures at every thread count."""
     for index, cell in enumerate(cells):
-        if cell["cell_type"] == "code" and MARKER in "".join(cell["source"]):
+        if cell["cell_type"] == "code" and lecture.marker in "".join(cell["source"]):
             return index
-    raise ValueError(f"no code cell of {NOTEBOOK.name} contains {MARKER!r}: has the lecture changed?")
+    raise ValueError(f"no code cell of {lecture.notebook.name} contains {lecture.marker!r}: has the lecture changed?")
 
 
-def parse_medians(text: str, batch: int = 1) -> dict:
-    """``{(runtime, threads): median ms}`` from printed results (lines of ``RoundsResult``'s form)."""
-    found = {(runtime, int(threads)): float(ms) for runtime, ms, b, threads in LINE.findall(text) if int(b) == batch}
-    if not found:
-        raise ValueError("expected lines like 'PyTorch: median 71.100 ms (...) (batch 1, 2 thread(s), ...)', found none")
-    return found
+def parse_medians(text: str, batch: int = 1, lecture: Lecture = LECTURES["06"]) -> dict:
+    """``{(runtime, threads): median ms}`` from a lecture's printed figures."""
+    return lecture.parse(text, batch)
 
 
-def notebook_medians() -> dict:
+def notebook_medians(lecture: Lecture = LECTURES["06"]) -> dict:
     import nbformat
     from nbclient import NotebookClient
 
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    last = comparison_cell(notebook.cells)
+    notebook = nbformat.read(lecture.notebook, as_version=4)
+    last = comparison_cell(notebook.cells, lecture)
     notebook.cells = notebook.cells[: last + 1]
     NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+                   resources={"metadata": {"path": str(lecture.notebook.parent)}}).execute()
     text = "".join(output.get("text", "") for output in notebook.cells[last].outputs)
-    return parse_medians(text)
+    return parse_medians(text, lecture=lecture)
 
 
 def fresh_medians() -> dict:
@@ -92,18 +118,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3, help="notebook / fresh-process pairs, alternated (default 3)")
     parser.add_argument("--tolerance", type=float, default=0.10, help="allowed |ratio - 1| (default 0.10)")
+    parser.add_argument("--lecture", choices=sorted(LECTURES), default="06",
+                        help="06: PyTorch and ORT (section 1); 10: ORT's rows of the ORT / OpenVINO table (default 06)")
     args = parser.parse_args(argv)
     if args.pairs < 1 or not 0 < args.tolerance < 1:
         parser.error("--pairs must be >= 1 and --tolerance between 0 and 1")
     pairs = []
     for number in range(1, args.pairs + 1):
-        inside, fresh = notebook_medians(), fresh_medians()
+        inside, fresh = notebook_medians(LECTURES[args.lecture]), fresh_medians()
         pairs.append((inside, fresh))
         print(f"pair {number}: " + "; ".join(f"{runtime} {threads} thr: notebook {inside[runtime, threads]:.1f} ms, "
                                              f"fresh {fresh[runtime, threads]:.1f} ms"
                                              for runtime, threads in sorted(inside, key=lambda k: (k[1], k[0]))
                                              if (runtime, threads) in fresh), flush=True)
-    print(f"\nResNet-18, batch 1; medians over {args.pairs} alternated pairs; ratio = notebook / fresh process")
+    print(f"\nlecture {args.lecture}, ResNet-18, batch 1; medians over {args.pairs} alternated pairs; ratio = notebook / fresh process")
     results = verdicts(pairs, args.tolerance)
     for (runtime, threads), inside, fresh, ratio, within in results:
         print(f"{runtime:>13} {threads} thread(s): notebook {inside:7.1f} ms, fresh {fresh:7.1f} ms, ratio {ratio:5.2f}"
